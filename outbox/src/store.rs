@@ -1,0 +1,332 @@
+//! The statements the relay and the sweeper run. Each is one round trip
+//! for a whole batch, never one per message.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::message::MessageId;
+
+/// Number of shards keys are spread over (fixed by the schema).
+pub const SHARD_COUNT: i64 = 256;
+
+/// A committed message waiting to be published, as the relay fetched it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PendingMessage {
+    /// Insertion order; per key, messages are published in this order.
+    pub seq: i64,
+    /// The message id (`outbox-id` header).
+    #[sqlx(try_from = "Uuid")]
+    pub id: MessageId,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    #[sqlx(rename = "msg_key")]
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` is a tombstone.
+    pub payload: Option<Vec<u8>>,
+    /// Header names, parallel to `header_values`.
+    pub header_names: Vec<String>,
+    /// Header values, parallel to `header_names`.
+    pub header_values: Vec<Vec<u8>>,
+    /// Message type (`outbox-type` header).
+    #[sqlx(rename = "msg_type")]
+    pub message_type: Option<String>,
+    /// When it was enqueued (`outbox-created-at` header).
+    pub created_at: DateTime<Utc>,
+    /// Failed publish attempts so far.
+    pub attempts: i32,
+}
+
+impl From<Uuid> for MessageId {
+    fn from(id: Uuid) -> Self {
+        MessageId(id)
+    }
+}
+
+/// A failed publish, to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The message's `seq`.
+    pub seq: i64,
+    /// What went wrong, kept in `last_error`.
+    pub error: String,
+    /// How long until it may be tried again.
+    pub retry_in: Duration,
+    /// Move it to the dead-letter state instead.
+    pub dead: bool,
+}
+
+/// Messages by state, for metrics and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Backlog {
+    /// Messages waiting to be published.
+    pub pending: i64,
+    /// Messages given up on, waiting for a replay.
+    pub dead: i64,
+    /// Age of the oldest pending message, in seconds (0 when none).
+    pub oldest_pending_secs: f64,
+}
+
+/// The outbox store as the relay sees it: shard leases, fetching, marking,
+/// and the sweeper's maintenance. Cheap to clone (wraps a pool).
+///
+/// All methods are single statements or short transactions and are safe
+/// to retry after an error.
+#[derive(Debug, Clone)]
+pub struct RelayStore {
+    pool: PgPool,
+}
+
+impl RelayStore {
+    /// A store over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        RelayStore { pool }
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Records that relay `relay` is alive, renews the shard leases it
+    /// holds for `lease`, and takes or gives back shards so that each live
+    /// relay holds its fair share. Returns the shards it now holds, each
+    /// valid for `lease` from just before this call started.
+    pub async fn renew_shards(&self, relay: Uuid, name: &str, lease: Duration) -> Result<Vec<i16>> {
+        let lease_secs = lease.as_secs_f64();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO outbox.relay (id, name) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind(relay)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let live: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox.relay \
+             WHERE heartbeat_at > now() - make_interval(secs => $1)",
+        )
+        .bind(lease_secs)
+        .fetch_one(&mut *tx)
+        .await?;
+        let fair = (SHARD_COUNT + live.max(1) - 1) / live.max(1);
+
+        let mut held: Vec<i16> = sqlx::query_scalar(
+            "UPDATE outbox.shard_lease SET lease_until = now() + make_interval(secs => $2) \
+             WHERE owner = $1 RETURNING shard",
+        )
+        .bind(relay)
+        .bind(lease_secs)
+        .fetch_all(&mut *tx)
+        .await?;
+        held.sort_unstable();
+
+        let held_len = held.len() as i64;
+        if held_len > fair {
+            // Give back the highest shards; the caller renews between
+            // batches, so none of them has a message in flight.
+            let give: Vec<i16> = held.split_off(fair as usize);
+            sqlx::query(
+                "UPDATE outbox.shard_lease SET owner = NULL, lease_until = NULL \
+                 WHERE owner = $1 AND shard = ANY($2)",
+            )
+            .bind(relay)
+            .bind(&give)
+            .execute(&mut *tx)
+            .await?;
+        } else if held_len < fair {
+            let taken: Vec<i16> = sqlx::query_scalar(
+                "UPDATE outbox.shard_lease SET owner = $1, \
+                     lease_until = now() + make_interval(secs => $2) \
+                 WHERE shard IN ( \
+                     SELECT shard FROM outbox.shard_lease \
+                     WHERE owner IS NULL OR lease_until < now() \
+                     ORDER BY shard LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING shard",
+            )
+            .bind(relay)
+            .bind(lease_secs)
+            .bind(fair - held_len)
+            .fetch_all(&mut *tx)
+            .await?;
+            held.extend(taken);
+            held.sort_unstable();
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// Gives back every shard `relay` holds and forgets the relay, so other
+    /// relays take over at once instead of waiting for the leases to expire.
+    pub async fn release_shards(&self, relay: Uuid) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE outbox.shard_lease SET owner = NULL, lease_until = NULL WHERE owner = $1",
+        )
+        .bind(relay)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM outbox.relay WHERE id = $1")
+            .bind(relay)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Up to `limit` pending messages of `shards` that may be published now,
+    /// oldest first. A message is left out while an earlier pending message
+    /// of the same key is waiting (delay or retry backoff), so a key is
+    /// never published out of order and a failing key blocks only itself.
+    pub async fn fetch_pending(&self, shards: &[i16], limit: i64) -> Result<Vec<PendingMessage>> {
+        let rows = sqlx::query_as::<_, PendingMessage>(
+            "SELECT c.seq, c.id, c.topic, c.msg_key, c.payload, c.header_names, \
+                    c.header_values, c.msg_type, c.created_at, c.attempts \
+             FROM outbox.message c \
+             WHERE c.status = 'pending' AND c.shard = ANY($1) AND c.available_at <= now() \
+               AND NOT EXISTS ( \
+                   SELECT 1 FROM outbox.message p \
+                   WHERE p.status = 'pending' AND p.msg_key = c.msg_key \
+                     AND p.seq < c.seq AND p.available_at > now()) \
+             ORDER BY c.seq \
+             LIMIT $2",
+        )
+        .bind(shards)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Marks the messages with these `seq`s published, in one statement.
+    /// Returns how many rows changed.
+    pub async fn mark_published(&self, seqs: &[i64]) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE outbox.message \
+             SET status = 'published', published_at = now(), last_error = NULL \
+             WHERE seq = ANY($1) AND status = 'pending'",
+        )
+        .bind(seqs)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Records failed attempts in one statement: bumps `attempts`, keeps the
+    /// error, and either schedules the retry or dead-letters the message.
+    pub async fn record_failures(&self, failures: &[Failure]) -> Result<()> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+        sqlx::query(
+            "UPDATE outbox.message m \
+             SET attempts = m.attempts + 1, last_error = f.error, \
+                 available_at = now() + make_interval(secs => f.delay), \
+                 status = CASE WHEN f.dead THEN 'dead' ELSE 'pending' END \
+             FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::bool[]) \
+                  AS f(seq, error, delay, dead) \
+             WHERE m.seq = f.seq AND m.status = 'pending'",
+        )
+        .bind(&seqs)
+        .bind(&errors)
+        .bind(&delays)
+        .bind(&dead)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Frees the shards of relays whose lease ran out (crashed or cut off)
+    /// and forgets relays silent for longer than `lease`. Returns the
+    /// number of shards freed.
+    pub async fn expire_leases(&self, lease: Duration) -> Result<u64> {
+        let freed = sqlx::query(
+            "UPDATE outbox.shard_lease SET owner = NULL, lease_until = NULL \
+             WHERE owner IS NOT NULL AND lease_until < now()",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM outbox.relay WHERE heartbeat_at < now() - make_interval(secs => $1)",
+        )
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(freed)
+    }
+
+    /// Deletes published messages older than `retention`, at most `batch`
+    /// rows per statement so no statement holds locks for long, until none
+    /// are left. Returns how many were deleted.
+    pub async fn delete_published(&self, retention: Duration, batch: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox.message WHERE seq IN ( \
+                     SELECT seq FROM outbox.message \
+                     WHERE status = 'published' \
+                       AND published_at < now() - make_interval(secs => $1) \
+                     LIMIT $2)",
+            )
+            .bind(retention.as_secs_f64())
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Counts pending and dead messages and the age of the oldest pending
+    /// one. Uses the partial indexes, so it stays cheap however many
+    /// published rows the table keeps.
+    pub async fn backlog(&self) -> Result<Backlog> {
+        let (pending, oldest): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8 \
+             FROM outbox.message WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let dead: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox.message WHERE status = 'dead'")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Backlog {
+            pending,
+            dead,
+            oldest_pending_secs: oldest.unwrap_or(0.0).max(0.0),
+        })
+    }
+
+    /// Returns dead-lettered messages to pending with a fresh retry budget:
+    /// those with the given ids, or all of them when `ids` is `None`.
+    /// Returns how many were replayed. They keep their place in their key's
+    /// order, behind nothing that was published meanwhile.
+    pub async fn replay_dead(&self, ids: Option<&[Uuid]>) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE outbox.message \
+             SET status = 'pending', attempts = 0, available_at = now() \
+             WHERE status = 'dead' AND ($1::uuid[] IS NULL OR id = ANY($1))",
+        )
+        .bind(ids)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
