@@ -79,9 +79,14 @@ impl Limits {
                 reason: reason.into(),
             };
             if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN {
-                return Err(bad(format!("names must be 1 to {MAX_HEADER_NAME_LEN} bytes")));
+                return Err(bad(format!(
+                    "names must be 1 to {MAX_HEADER_NAME_LEN} bytes"
+                )));
             }
-            if name.to_ascii_lowercase().starts_with(RESERVED_HEADER_PREFIX) {
+            if name
+                .to_ascii_lowercase()
+                .starts_with(RESERVED_HEADER_PREFIX)
+            {
                 return Err(bad(format!(
                     "the {RESERVED_HEADER_PREFIX:?} prefix is reserved for headers the relay sets"
                 )));
@@ -157,21 +162,34 @@ mod tests {
             max_header_value_bytes: 4,
             max_headers_bytes: 9,
         };
-        assert!(limits.check(&Message::new("t", vec![0; 10]).key("abc")).is_ok());
+        assert!(limits
+            .check(&Message::new("t", vec![0; 10]).key("abc"))
+            .is_ok());
         assert!(matches!(
             limits.check(&Message::new("t", vec![0; 11])),
-            Err(Error::PayloadTooLarge { size: 11, limit: 10 })
+            Err(Error::PayloadTooLarge {
+                size: 11,
+                limit: 10
+            })
         ));
         assert!(matches!(
             limits.check(&Message::new("t", "").key("abcd")),
             Err(Error::KeyTooLarge { size: 4, limit: 3 })
         ));
-        assert!(limits.check(&Message::new("t", "").header("a", "12345")).is_err());
+        assert!(limits
+            .check(&Message::new("t", "").header("a", "12345"))
+            .is_err());
         assert!(limits
             .check(&Message::new("t", "").header("ab", "1234").header("c", "12"))
             .is_err());
-        assert!(limits.check(&Message::new("t", "").header("Outbox-Id", "x")).is_err());
-        assert!(limits.check(&Message::new("t", "").header("", "x")).is_err());
-        assert!(limits.check(&Message::new("t", "").message_type("")).is_err());
+        assert!(limits
+            .check(&Message::new("t", "").header("Outbox-Id", "x"))
+            .is_err());
+        assert!(limits
+            .check(&Message::new("t", "").header("", "x"))
+            .is_err());
+        assert!(limits
+            .check(&Message::new("t", "").message_type(""))
+            .is_err());
     }
 }

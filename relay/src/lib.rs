@@ -1,1 +1,208 @@
-//! relay
+//! # outbox-relay
+//!
+//! The daemon that publishes committed outbox messages to Kafka. Run one
+//! or more next to each service (a sidecar); they split the work by key
+//! shard, so each key is published by one relay at a time, in order.
+//!
+//! The binary parses flags, environment and the config file into a
+//! [`RelayConfig`]; [`run`] does the rest.
+
+mod config;
+mod error;
+mod http;
+mod lease;
+pub mod metrics;
+mod publish;
+mod relay;
+mod shutdown;
+mod sweep;
+mod wake;
+
+use std::future::Future;
+use std::time::Duration;
+
+use outbox::RelayStore;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+pub use config::{
+    RelayConfig, Wakeup, DEFAULT_BATCH_SIZE, DEFAULT_BROKERS, DEFAULT_CLEANUP_BATCH,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_LISTEN, DEFAULT_LEASE, DEFAULT_MESSAGE_TIMEOUT,
+    DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, DEFAULT_SWEEP_SCHEDULE,
+};
+pub use error::{Error, Result};
+pub use http::install_recorder;
+pub use publish::{is_permanent, Outcome, Publisher};
+pub use shutdown::signal;
+pub use sweep::{sweep_once, SweepSettings};
+
+/// How long a stopping relay waits for librdkafka to settle what it holds.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the database, retrying until `config.connect_timeout`.
+///
+/// Fails with [`Error::DatabaseUnreachable`], naming the URL without its
+/// password.
+pub async fn connect(config: &RelayConfig) -> Result<PgPool> {
+    let unreachable = |source| Error::DatabaseUnreachable {
+        url: redact(&config.database_url),
+        timeout: humantime::format_duration(config.connect_timeout).to_string(),
+        source,
+    };
+    let options: PgConnectOptions = config.database_url.parse().map_err(|e: sqlx::Error| {
+        Error::config(
+            "database-url",
+            format!(
+                "{} is not a valid PostgreSQL URL: {e}",
+                redact(&config.database_url)
+            ),
+        )
+    })?;
+    let options = options.application_name("outbox-relay");
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let mut wait = Duration::from_millis(200);
+    loop {
+        // The loop, the LISTEN connection, the sweeper and /healthz.
+        let pool = PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(config.connect_timeout.max(Duration::from_secs(1)))
+            .connect_with(options.clone())
+            .await;
+        match pool {
+            Ok(pool) => return Ok(pool),
+            Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                tracing::warn!(error = %e, "database not reachable yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(unreachable(e)),
+        }
+    }
+}
+
+/// Hides the password of a database URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme + 3],
+                    &userinfo[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Runs the relay until `stop` completes, then finishes the batch in
+/// flight, gives its shards back and returns `Ok(())`.
+///
+/// Fails at start with a clear [`Error`] when the configuration is
+/// invalid, the database is unreachable, or the schema is missing or too
+/// old (unless `config.migrate`). Once running, database and broker
+/// outages are logged and retried; nothing is lost or returned as an error.
+pub async fn run(
+    config: RelayConfig,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
+    config.validate()?;
+    let message_timeout = config.message_timeout()?;
+    let pool = connect(&config).await?;
+    if config.migrate {
+        outbox::migrate(&pool).await?;
+    }
+    let schema = outbox::check_schema(&pool).await?;
+    let store = RelayStore::new(pool.clone());
+    let publisher = Publisher::new(&config)?;
+
+    let (trigger, shutdown) = shutdown::channel();
+    let http_addr = http::serve(
+        config.http_listen,
+        store.clone(),
+        publisher.producer(),
+        metrics,
+        shutdown.clone(),
+    )
+    .await?;
+    let mut scheduler = sweep::start(
+        store.clone(),
+        &config.sweep_schedule,
+        SweepSettings {
+            lease: config.lease,
+            retention: config.retention,
+            cleanup_batch: config.cleanup_batch,
+        },
+    )
+    .await?;
+
+    let relay_id = uuid::Uuid::now_v7();
+    tracing::info!(
+        relay = %relay_id,
+        name = %config.name,
+        schema,
+        brokers = %config.brokers,
+        http = %http_addr,
+        batch_size = config.batch_size,
+        wakeup = ?config.wakeup,
+        "relay started"
+    );
+    let mut leases = lease::ShardLeases::new(
+        store.clone(),
+        relay_id,
+        config.name.clone(),
+        config.lease,
+        config.renew_interval(),
+    );
+    let waker = wake::Waker::new(pool.clone(), config.wakeup == Wakeup::Notify);
+    let settings = relay::LoopSettings {
+        batch_size: config.batch_size,
+        poll_interval: config.poll_interval,
+        lease_margin: message_timeout + Duration::from_secs(1),
+        retry: config.retry,
+    };
+
+    {
+        let publishing = relay::run(
+            store.clone(),
+            &publisher,
+            &mut leases,
+            waker,
+            settings,
+            shutdown,
+        );
+        tokio::pin!(publishing);
+        tokio::select! {
+            _ = &mut publishing => {}
+            _ = stop => {
+                trigger.trigger();
+                publishing.await;
+            }
+        }
+    }
+    trigger.trigger();
+    leases.release().await;
+    publisher.flush(FLUSH_TIMEOUT);
+    let _ = scheduler.shutdown().await;
+    pool.close().await;
+    tracing::info!("relay stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
+    }
+}

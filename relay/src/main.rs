@@ -1,1 +1,71 @@
-fn main() {}
+//! `outbox-relay`: the daemon. See `outbox-relay --help`.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cli::{Cli, Command, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_cron_scheduler=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let config = match cli.settings.resolve() {
+        Ok(c) => c,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => {
+                let metrics = outbox_relay::install_recorder();
+                outbox_relay::run(config, metrics, outbox_relay::signal()).await
+            }
+            Command::Migrate => {
+                if config.database_url.is_empty() {
+                    return Err(outbox_relay::Error::config("database-url", "is required"));
+                }
+                let pool = outbox_relay::connect(&config).await?;
+                outbox::migrate(&pool).await?;
+                let version = outbox::check_schema(&pool).await?;
+                println!("outbox schema is at version {version}");
+                Ok(())
+            }
+            Command::ReplayDead { all, ids } => {
+                let pool = outbox_relay::connect(&config).await?;
+                outbox::check_schema(&pool).await?;
+                let store = outbox::RelayStore::new(pool);
+                let n = store
+                    .replay_dead(if all { None } else { Some(&ids) })
+                    .await?;
+                println!("replayed {n} dead message(s)");
+                Ok(())
+            }
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("outbox-relay: error: {message}");
+    ExitCode::FAILURE
+}

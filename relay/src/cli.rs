@@ -1,0 +1,305 @@
+//! Flags, environment variables and the TOML config file, merged into a
+//! [`RelayConfig`]. A flag beats its environment variable (clap), which
+//! beats the file, which beats the built-in default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use outbox::RetryPolicy;
+use outbox_relay::{Error, RelayConfig, Wakeup};
+use serde::Deserialize;
+
+/// Publishes committed outbox messages to Kafka, in commit order per key,
+/// at least once; sweeps the outbox table on a schedule.
+///
+/// Every option can also be set with the environment variable shown, or in
+/// the TOML file given by --config (keys are the option names with `_`
+/// for `-`, plus a [kafka] table of librdkafka settings). Flags beat the
+/// environment, which beats the file.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+
+    /// Log format.
+    #[arg(long, global = true, env = "OUTBOX_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish messages until SIGTERM or SIGINT (the default).
+    Run,
+    /// Create or upgrade the outbox schema, then exit.
+    Migrate,
+    /// Return dead-lettered messages to pending with a fresh retry budget.
+    ReplayDead {
+        /// Replay every dead message.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Ids of the messages to replay.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<uuid::Uuid>,
+    },
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How an idle relay is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WakeupArg {
+    /// LISTEN/NOTIFY, with polling as the fallback.
+    Notify,
+    /// Polling only.
+    Poll,
+}
+
+/// The relay's settings; each is optional here so the sources can be merged.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML config file.
+    #[arg(long, global = true, env = "OUTBOX_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// PostgreSQL URL of the database with the outbox schema. Required.
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Kafka bootstrap servers, comma-separated. [default: localhost:9092]
+    #[arg(long, global = true, env = "OUTBOX_BROKERS")]
+    pub brokers: Option<String>,
+
+    /// A librdkafka producer setting KEY=VALUE, applied over the relay's
+    /// defaults (enable.idempotence=true, acks=all, message.timeout.ms=10000,
+    /// linger.ms=5, partitioner=murmur2_random). Repeatable; in the env,
+    /// comma-separated; in the file, a [kafka] table.
+    #[arg(
+        long = "kafka",
+        global = true,
+        env = "OUTBOX_KAFKA",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    #[serde(skip)]
+    pub kafka_args: Vec<String>,
+
+    #[arg(skip)]
+    #[serde(default, rename = "kafka")]
+    pub kafka_table: BTreeMap<String, toml::Value>,
+
+    /// Messages fetched, published and marked together (1..=10000). [default: 500]
+    #[arg(long, global = true, env = "OUTBOX_BATCH_SIZE")]
+    pub batch_size: Option<usize>,
+
+    /// Longest an idle relay waits before looking again. [default: 1s]
+    #[arg(long, global = true, env = "OUTBOX_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub poll_interval: Option<Duration>,
+
+    /// How an idle relay learns of new messages. [default: notify]
+    #[arg(long, global = true, env = "OUTBOX_WAKEUP", value_enum)]
+    pub wakeup: Option<WakeupArg>,
+
+    /// Shard lease: how long a relay holds its share of keys without
+    /// renewing; a crashed relay's keys resume after at most this long.
+    /// Must exceed 1.5 x (message.timeout.ms + 1s). [default: 30s]
+    #[arg(long, global = true, env = "OUTBOX_LEASE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub lease: Option<Duration>,
+
+    /// Failed attempts before a message the broker will never accept is
+    /// dead-lettered. [default: 10]
+    #[arg(long, global = true, env = "OUTBOX_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+
+    /// Retry delay after the first failure; doubles per attempt, with
+    /// jitter. [default: 1s]
+    #[arg(long, global = true, env = "OUTBOX_BACKOFF_BASE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub backoff_base: Option<Duration>,
+
+    /// Longest retry delay. [default: 5m]
+    #[arg(long, global = true, env = "OUTBOX_BACKOFF_MAX", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub backoff_max: Option<Duration>,
+
+    /// Sweeper schedule, a cron expression with seconds first.
+    /// [default: "*/10 * * * * *"]
+    #[arg(long, global = true, env = "OUTBOX_SWEEP_SCHEDULE")]
+    pub sweep_schedule: Option<String>,
+
+    /// How long published messages are kept before the sweeper deletes
+    /// them. [default: 7days]
+    #[arg(long, global = true, env = "OUTBOX_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub retention: Option<Duration>,
+
+    /// Rows deleted per cleanup statement. [default: 10000]
+    #[arg(long, global = true, env = "OUTBOX_CLEANUP_BATCH")]
+    pub cleanup_batch: Option<i64>,
+
+    /// Address for /healthz and /metrics. [default: 0.0.0.0:9187]
+    #[arg(long, global = true, env = "OUTBOX_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// Create or upgrade the schema at start instead of refusing to start
+    /// when it is missing or old. [default: false]
+    #[arg(long, global = true, env = "OUTBOX_MIGRATE")]
+    pub migrate: Option<bool>,
+
+    /// This relay's name in logs and in outbox.relay. [default: HOST-PID]
+    #[arg(long, global = true, env = "OUTBOX_NAME")]
+    pub name: Option<String>,
+
+    /// How long to keep trying to reach the database at start. [default: 10s]
+    #[arg(long, global = true, env = "OUTBOX_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl Settings {
+    /// Reads the config file, if one was named.
+    fn file(&self) -> Result<Settings, Error> {
+        let Some(path) = &self.config else {
+            return Ok(Settings::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config("config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::config("config", format!("{}: {e}", path.display())))
+    }
+
+    /// Merges flags and environment (self) over the file over the defaults.
+    pub fn resolve(self) -> Result<RelayConfig, Error> {
+        let file = self.file()?;
+        let mut c = RelayConfig::new(self.database_url.or(file.database_url).unwrap_or_default());
+        macro_rules! take {
+            ($field:ident => $target:expr) => {
+                if let Some(v) = self.$field.or(file.$field) {
+                    $target = v;
+                }
+            };
+        }
+        take!(brokers => c.brokers);
+        take!(batch_size => c.batch_size);
+        take!(poll_interval => c.poll_interval);
+        take!(lease => c.lease);
+        take!(sweep_schedule => c.sweep_schedule);
+        take!(retention => c.retention);
+        take!(cleanup_batch => c.cleanup_batch);
+        take!(http_listen => c.http_listen);
+        take!(migrate => c.migrate);
+        take!(name => c.name);
+        take!(connect_timeout => c.connect_timeout);
+        let defaults = RetryPolicy::default();
+        c.retry = RetryPolicy {
+            max_attempts: self
+                .max_attempts
+                .or(file.max_attempts)
+                .unwrap_or(defaults.max_attempts),
+            base_delay: self
+                .backoff_base
+                .or(file.backoff_base)
+                .unwrap_or(defaults.base_delay),
+            max_delay: self
+                .backoff_max
+                .or(file.backoff_max)
+                .unwrap_or(defaults.max_delay),
+        };
+        if let Some(w) = self.wakeup.or(file.wakeup) {
+            c.wakeup = match w {
+                WakeupArg::Notify => Wakeup::Notify,
+                WakeupArg::Poll => Wakeup::Poll,
+            };
+        }
+        for (k, v) in file.kafka_table {
+            let v = match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            c.kafka.push((k, v));
+        }
+        for kv in self.kafka_args {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| Error::config("kafka", format!("{kv:?} is not KEY=VALUE")))?;
+            c.kafka.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let dir = std::env::temp_dir().join(format!("outbox-relay-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://file/db\"\nbatch_size = 7\nlease = \"45s\"\n[kafka]\n\"linger.ms\" = 20\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "outbox-relay",
+            "--config",
+            path.to_str().unwrap(),
+            "--batch-size",
+            "9",
+            "--kafka",
+            "acks=1",
+        ])
+        .unwrap();
+        let c = cli.settings.resolve().unwrap();
+        assert_eq!(c.database_url, "postgres://file/db");
+        assert_eq!(c.batch_size, 9);
+        assert_eq!(c.lease, Duration::from_secs(45));
+        assert_eq!(c.poll_interval, outbox_relay::DEFAULT_POLL_INTERVAL);
+        assert_eq!(
+            c.kafka,
+            vec![
+                ("linger.ms".into(), "20".into()),
+                ("acks".into(), "1".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("outbox-relay-cli2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(&path, "batchsize = 7\n").unwrap();
+        let cli =
+            Cli::try_parse_from(["outbox-relay", "--config", path.to_str().unwrap()]).unwrap();
+        let err = cli.settings.resolve().unwrap_err().to_string();
+        assert!(err.contains("batchsize"), "{err}");
+    }
+}

@@ -1,0 +1,271 @@
+//! The relay's settings as plain values, their defaults, and the checks
+//! run before anything starts. Parsing flags, environment and files is the
+//! binary's job.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use outbox::RetryPolicy;
+
+use crate::error::{Error, Result};
+
+/// Default for [`RelayConfig::brokers`].
+pub const DEFAULT_BROKERS: &str = "localhost:9092";
+/// Default for [`RelayConfig::batch_size`]: messages fetched, published and
+/// marked together.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Default for [`RelayConfig::poll_interval`]: the longest an idle relay
+/// waits before looking again, whether or not a notification came.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default for [`RelayConfig::lease`]: how long a relay holds its shards
+/// without renewing them; a crashed relay's keys wait this long at most.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Default for the librdkafka `message.timeout.ms` the relay sets: how long
+/// a message may wait for the broker before its delivery fails.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`RelayConfig::sweep_schedule`]: every 10 seconds.
+pub const DEFAULT_SWEEP_SCHEDULE: &str = "*/10 * * * * *";
+/// Default for [`RelayConfig::retention`]: published messages are kept 7 days.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default for [`RelayConfig::cleanup_batch`]: rows deleted per statement.
+pub const DEFAULT_CLEANUP_BATCH: i64 = 10_000;
+/// Default for [`RelayConfig::http_listen`].
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9187";
+/// Default for [`RelayConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How an idle relay learns of new messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// PostgreSQL LISTEN/NOTIFY, with polling as the fallback (default).
+    Notify,
+    /// Polling every `poll_interval` only.
+    Poll,
+}
+
+/// Everything the relay needs to run. Build it with
+/// [`RelayConfig::new`] (all defaults) and check it with
+/// [`RelayConfig::validate`].
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// PostgreSQL URL of the database holding the outbox schema.
+    pub database_url: String,
+    /// Kafka bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// librdkafka producer settings, applied over the relay's defaults.
+    pub kafka: Vec<(String, String)>,
+    /// Messages per batch (1 to 10,000).
+    pub batch_size: usize,
+    /// Longest wait between looks at the table when idle.
+    pub poll_interval: Duration,
+    /// How an idle relay is woken.
+    pub wakeup: Wakeup,
+    /// Shard lease length.
+    pub lease: Duration,
+    /// Retry schedule and dead-letter budget.
+    pub retry: RetryPolicy,
+    /// Cron expression (6 fields, seconds first) for the sweeper.
+    pub sweep_schedule: String,
+    /// How long published messages are kept before cleanup deletes them.
+    pub retention: Duration,
+    /// Rows deleted per cleanup statement.
+    pub cleanup_batch: i64,
+    /// Address of the health and metrics endpoint.
+    pub http_listen: SocketAddr,
+    /// Apply the schema migrations at start instead of refusing to start
+    /// when the schema is missing or old.
+    pub migrate: bool,
+    /// This relay's name in logs and in `outbox.relay`.
+    pub name: String,
+    /// How long to keep trying to reach the database at start.
+    pub connect_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// A configuration with every default, for `database_url`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        RelayConfig {
+            database_url: database_url.into(),
+            brokers: DEFAULT_BROKERS.into(),
+            kafka: Vec::new(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            wakeup: Wakeup::Notify,
+            lease: DEFAULT_LEASE,
+            retry: RetryPolicy::default(),
+            sweep_schedule: DEFAULT_SWEEP_SCHEDULE.into(),
+            retention: DEFAULT_RETENTION,
+            cleanup_batch: DEFAULT_CLEANUP_BATCH,
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
+            migrate: false,
+            name: default_name(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// The librdkafka `message.timeout.ms` in effect: the user's setting or
+    /// the relay's default.
+    pub fn message_timeout(&self) -> Result<Duration> {
+        match self
+            .kafka
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "message.timeout.ms")
+        {
+            None => Ok(DEFAULT_MESSAGE_TIMEOUT),
+            Some((_, v)) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    Error::config(
+                        "kafka.message.timeout.ms",
+                        format!("{v:?} is not a positive number of milliseconds"),
+                    )
+                }),
+        }
+    }
+
+    /// How often shard leases are renewed: a third of the lease.
+    pub fn renew_interval(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// Checks every setting, naming the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        if self.database_url.is_empty() {
+            return Err(Error::config(
+                "database-url",
+                "is required (flag --database-url, env DATABASE_URL, or database_url in the config file)",
+            ));
+        }
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            return Err(Error::config(
+                "database-url",
+                "must be a postgres:// or postgresql:// URL",
+            ));
+        }
+        if self.brokers.trim().is_empty() {
+            return Err(Error::config("brokers", "must name at least one host:port"));
+        }
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(Error::config(
+                "batch-size",
+                format!("{} is outside 1..=10000", self.batch_size),
+            ));
+        }
+        if self.poll_interval < Duration::from_millis(10) {
+            return Err(Error::config("poll-interval", "must be at least 10ms"));
+        }
+        let timeout = self.message_timeout()?;
+        // A relay publishes only while its lease has more than one message
+        // timeout (plus a second) left, and renews every third of it, so
+        // the lease must leave room for both.
+        if self.lease * 2 / 3 <= timeout + Duration::from_secs(1) {
+            return Err(Error::config(
+                "lease",
+                format!(
+                    "{} is too short for message.timeout.ms={}: it must exceed 1.5 x (message timeout + 1s) = {}",
+                    humantime::format_duration(self.lease),
+                    timeout.as_millis(),
+                    humantime::format_duration((timeout + Duration::from_secs(1)) * 3 / 2)
+                ),
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(Error::config("max-attempts", "must be at least 1"));
+        }
+        if self.retry.base_delay.is_zero() || self.retry.base_delay > self.retry.max_delay {
+            return Err(Error::config(
+                "backoff-base",
+                "must be above zero and at most backoff-max",
+            ));
+        }
+        if self.cleanup_batch < 1 {
+            return Err(Error::config("cleanup-batch", "must be at least 1"));
+        }
+        crate::sweep::validate_schedule(&self.sweep_schedule)?;
+        for (key, _) in &self.kafka {
+            if key == "bootstrap.servers" {
+                return Err(Error::config(
+                    "kafka",
+                    "set bootstrap.servers with --brokers, not --kafka",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "relay".into());
+    format!("{host}-{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> RelayConfig {
+        RelayConfig::new("postgres://localhost/db")
+    }
+
+    fn setting(c: RelayConfig) -> String {
+        match c.validate() {
+            Err(Error::Config { setting, .. }) => setting.to_string(),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        ok().validate().unwrap();
+    }
+
+    #[test]
+    fn names_the_bad_setting() {
+        assert_eq!(
+            setting(RelayConfig {
+                batch_size: 0,
+                ..ok()
+            }),
+            "batch-size"
+        );
+        assert_eq!(
+            setting(RelayConfig {
+                lease: Duration::from_secs(5),
+                ..ok()
+            }),
+            "lease"
+        );
+        assert_eq!(
+            setting(RelayConfig {
+                sweep_schedule: "every minute".into(),
+                ..ok()
+            }),
+            "sweep-schedule"
+        );
+        assert_eq!(
+            setting(RelayConfig {
+                database_url: "mysql://x".into(),
+                ..ok()
+            }),
+            "database-url"
+        );
+        let mut c = ok();
+        c.kafka.push(("message.timeout.ms".into(), "soon".into()));
+        assert_eq!(setting(c), "kafka.message.timeout.ms");
+        let mut c = ok();
+        c.kafka.push(("message.timeout.ms".into(), "2000".into()));
+        c.lease = Duration::from_secs(6);
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,63 @@
+use std::borrow::Cow;
+
+/// Why the relay could not start or had to stop. Errors met while running
+/// (broker or database briefly gone) are logged and retried instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is invalid; `setting` is its flag name.
+    #[error("invalid setting `{setting}`: {reason}")]
+    Config {
+        /// The flag name of the setting (`batch-size`, `kafka.acks`, …).
+        setting: Cow<'static, str>,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The database could not be reached at start.
+    #[error("cannot reach the database at {url} within {timeout}: {source}. Check --database-url / DATABASE_URL and that PostgreSQL is running")]
+    DatabaseUnreachable {
+        /// The URL with any password hidden.
+        url: String,
+        /// How long the relay kept trying.
+        timeout: String,
+        /// The last connection error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The outbox library failed (schema missing or old, database error).
+    #[error(transparent)]
+    Outbox(#[from] outbox::Error),
+
+    /// The Kafka producer could not be created from the given settings.
+    #[error("cannot create the Kafka producer: {0}. Check --brokers and the --kafka settings")]
+    Producer(#[source] rdkafka::error::KafkaError),
+
+    /// The sweeper's scheduler failed.
+    #[error("the sweeper scheduler failed: {0}")]
+    Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),
+
+    /// The HTTP endpoint could not listen.
+    #[error("cannot listen on {addr} for /healthz and /metrics: {source}. Change --http-listen")]
+    HttpListen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A configuration error naming `setting`.
+    pub fn config(setting: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// `Result` with the relay's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,99 @@
+//! Shard leases: which keys this relay may publish, and until when.
+
+use std::time::{Duration, Instant};
+
+use outbox::RelayStore;
+use uuid::Uuid;
+
+/// The shards this relay holds, with a local deadline. The deadline is
+/// measured from *before* the renewal was sent, so it is never later than
+/// the lease the database recorded: once it passes, another relay may own
+/// these shards and this one must not publish them.
+pub struct ShardLeases {
+    store: RelayStore,
+    relay: Uuid,
+    name: String,
+    lease: Duration,
+    renew_every: Duration,
+    held: Vec<i16>,
+    valid_until: Option<Instant>,
+    next_renewal: Instant,
+}
+
+impl ShardLeases {
+    /// Leases for relay `relay`, none held yet.
+    pub fn new(
+        store: RelayStore,
+        relay: Uuid,
+        name: String,
+        lease: Duration,
+        renew_every: Duration,
+    ) -> Self {
+        ShardLeases {
+            store,
+            relay,
+            name,
+            lease,
+            renew_every,
+            held: Vec::new(),
+            valid_until: None,
+            next_renewal: Instant::now(),
+        }
+    }
+
+    /// Renews (and rebalances) the leases if a renewal is due. On a
+    /// database error the held shards keep their old deadline and the
+    /// renewal is retried within a second.
+    pub async fn maintain(&mut self) {
+        if Instant::now() < self.next_renewal {
+            return;
+        }
+        let started = Instant::now();
+        match self
+            .store
+            .renew_shards(self.relay, &self.name, self.lease)
+            .await
+        {
+            Ok(held) => {
+                if held.len() != self.held.len() {
+                    tracing::info!(shards = held.len(), "shard ownership changed");
+                }
+                metrics::gauge!(crate::metrics::SHARDS_HELD).set(held.len() as f64);
+                self.held = held;
+                self.valid_until = Some(started + self.lease);
+                self.next_renewal = started + self.renew_every;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew shard leases; retrying");
+                self.next_renewal = Instant::now() + Duration::from_secs(1).min(self.renew_every);
+            }
+        }
+    }
+
+    /// The shards that may be published now: all held ones if their lease
+    /// has more than `margin` left (a batch sent now is settled before
+    /// the lease ends), otherwise none.
+    pub fn usable(&self, margin: Duration) -> &[i16] {
+        match self.valid_until {
+            Some(until) if until.saturating_duration_since(Instant::now()) > margin => &self.held,
+            _ => &[],
+        }
+    }
+
+    /// When the next renewal is due.
+    pub fn next_renewal(&self) -> Instant {
+        self.next_renewal
+    }
+
+    /// Gives every shard back so other relays take over at once.
+    pub async fn release(&mut self) {
+        self.held.clear();
+        self.valid_until = None;
+        match self.store.release_shards(self.relay).await {
+            Ok(()) => tracing::info!("released shard leases"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot release shard leases; they expire on their own")
+            }
+        }
+    }
+}

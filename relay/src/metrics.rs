@@ -1,0 +1,22 @@
+//! Metric names, in one place so dashboards and code agree.
+
+/// Counter: messages the broker acknowledged.
+pub const PUBLISHED: &str = "outbox_relay_published_total";
+/// Counter: failed publish attempts, label `kind` = transient | permanent.
+pub const FAILED: &str = "outbox_relay_failed_total";
+/// Counter: messages moved to the dead-letter state.
+pub const DEAD: &str = "outbox_relay_dead_total";
+/// Histogram: seconds from fetching a batch to marking it.
+pub const BATCH_SECONDS: &str = "outbox_relay_batch_seconds";
+/// Histogram: messages per batch.
+pub const BATCH_SIZE: &str = "outbox_relay_batch_size";
+/// Gauge: shards this relay holds.
+pub const SHARDS_HELD: &str = "outbox_relay_shards_held";
+/// Gauge: messages waiting to be published (all relays).
+pub const PENDING: &str = "outbox_pending_messages";
+/// Gauge: dead-lettered messages.
+pub const DEAD_MESSAGES: &str = "outbox_dead_messages";
+/// Gauge: age of the oldest pending message in seconds: the relay's lag.
+pub const OLDEST_PENDING: &str = "outbox_oldest_pending_seconds";
+/// Counter: published messages deleted by retention cleanup.
+pub const CLEANED: &str = "outbox_sweeper_deleted_total";

@@ -1,0 +1,232 @@
+//! Publishing a batch through the idempotent Kafka producer.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::future::join_all;
+use outbox::{headers, PendingMessage};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::config::{RelayConfig, DEFAULT_MESSAGE_TIMEOUT};
+use crate::error::{Error, Result};
+
+/// What became of one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The broker acknowledged it (`acks=all`).
+    Published,
+    /// It was not published; `permanent` when the broker or producer will
+    /// never accept it as it is, as opposed to the broker being unavailable.
+    Failed {
+        /// The producer's error.
+        error: String,
+        /// Whether retrying can help only after someone changes something.
+        permanent: bool,
+    },
+    /// Not sent because an earlier message of its key failed in this batch;
+    /// sending it would overtake that message.
+    Held,
+}
+
+/// The relay's Kafka producer. Idempotent, `acks=all`, so a message the
+/// broker acknowledged is on every in-sync replica and client retries
+/// neither duplicate nor reorder within a partition.
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+impl Publisher {
+    /// A producer for `config.brokers`: the relay's defaults, then the
+    /// user's `config.kafka` settings over them.
+    ///
+    /// Fails with [`Error::Producer`] when librdkafka refuses a setting. It
+    /// does not contact the broker: an unreachable broker is found later and
+    /// retried.
+    pub fn new(config: &RelayConfig) -> Result<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.brokers)
+            .set("client.id", format!("outbox-relay-{}", config.name))
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set(
+                "message.timeout.ms",
+                DEFAULT_MESSAGE_TIMEOUT.as_millis().to_string(),
+            )
+            .set("linger.ms", "5")
+            // The Java client's partitioner, so keys land on the same
+            // partitions as from Kafka Connect, Debezium or Java services.
+            .set("partitioner", "murmur2_random");
+        for (k, v) in &config.kafka {
+            client.set(k, v);
+        }
+        let producer: FutureProducer = client.create().map_err(Error::Producer)?;
+        Ok(Publisher { producer })
+    }
+
+    /// Sends every message of `batch` in order and waits for every delivery
+    /// report. Returns one outcome per message, in batch order.
+    ///
+    /// Messages of one key go to one partition in batch order. When one
+    /// fails before it could be sent, the later messages of its key are
+    /// [`Outcome::Held`] rather than sent past it.
+    pub async fn publish(&self, batch: &[PendingMessage]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut failed_keys: HashSet<&[u8]> = HashSet::new();
+
+        for (i, m) in batch.iter().enumerate() {
+            if let Some(key) = m.key.as_deref() {
+                if failed_keys.contains(key) {
+                    outcomes[i] = Some(Outcome::Held);
+                    continue;
+                }
+            }
+            match self.send(m).await {
+                Ok(delivery) => deliveries.push((i, delivery)),
+                Err(e) => {
+                    if let Some(key) = m.key.as_deref() {
+                        failed_keys.insert(key);
+                    }
+                    outcomes[i] = Some(failed(&e));
+                }
+            }
+        }
+
+        let (indexes, futures): (Vec<usize>, Vec<_>) = deliveries.into_iter().unzip();
+        for (i, report) in indexes.into_iter().zip(join_all(futures).await) {
+            outcomes[i] = Some(match report {
+                Ok(Ok(_)) => Outcome::Published,
+                Ok(Err((e, _))) => failed(&e),
+                Err(_canceled) => Outcome::Failed {
+                    error: "the producer dropped the delivery report".into(),
+                    permanent: false,
+                },
+            });
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every message has an outcome"))
+            .collect()
+    }
+
+    /// Hands one message to librdkafka, waiting while its queue is full.
+    async fn send(
+        &self,
+        m: &PendingMessage,
+    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+        let id = m.id.to_string();
+        let created = m
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        loop {
+            let mut hdrs = OwnedHeaders::new_with_capacity(m.header_names.len() + 3);
+            for (name, value) in m.header_names.iter().zip(&m.header_values) {
+                hdrs = hdrs.insert(Header {
+                    key: name,
+                    value: Some(value),
+                });
+            }
+            hdrs = hdrs.insert(Header {
+                key: headers::ID,
+                value: Some(&id),
+            });
+            if let Some(t) = &m.message_type {
+                hdrs = hdrs.insert(Header {
+                    key: headers::TYPE,
+                    value: Some(t),
+                });
+            }
+            hdrs = hdrs.insert(Header {
+                key: headers::CREATED_AT,
+                value: Some(&created),
+            });
+
+            let mut record = FutureRecord::<[u8], [u8]>::to(&m.topic).headers(hdrs);
+            if let Some(key) = &m.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &m.payload {
+                record = record.payload(payload.as_slice());
+            }
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    // librdkafka drains its queue on its own thread.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Asks the cluster for its metadata, to tell whether a broker answers.
+    /// Blocking; call from a blocking thread.
+    pub fn check_broker(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .client()
+            .fetch_metadata(None, Timeout::After(timeout))
+            .map(|_| ())
+    }
+
+    /// Waits up to `timeout` for everything handed to librdkafka to be
+    /// delivered or failed.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(Timeout::After(timeout));
+    }
+
+    /// A clone of the underlying producer, for health checks.
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.clone()
+    }
+}
+
+fn failed(e: &KafkaError) -> Outcome {
+    Outcome::Failed {
+        error: e.to_string(),
+        permanent: is_permanent(e),
+    }
+}
+
+/// Errors that say this message, as it is, will never be accepted. Anything
+/// else (timeouts, broker unreachable, leader moving) is the broker's
+/// trouble, not the message's.
+pub fn is_permanent(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | MessageBatchTooLarge
+                | InvalidRecord
+                | UnknownTopicOrPartition
+                | UnknownTopic
+                | InvalidTopic
+                | TopicAuthorizationFailed
+                | UnsupportedForMessageFormat
+                | PolicyViolation
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errors() {
+        let p = |c| is_permanent(&KafkaError::MessageProduction(c));
+        assert!(p(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(p(RDKafkaErrorCode::UnknownTopicOrPartition));
+        assert!(p(RDKafkaErrorCode::TopicAuthorizationFailed));
+        assert!(!p(RDKafkaErrorCode::MessageTimedOut));
+        assert!(!p(RDKafkaErrorCode::AllBrokersDown));
+        assert!(!p(RDKafkaErrorCode::NotLeaderForPartition));
+    }
+}
