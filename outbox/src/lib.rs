@@ -62,3 +62,8 @@ pub mod headers {
     /// When the message was enqueued (RFC 3339, UTC).
     pub const CREATED_AT: &str = "outbox-created-at";
 }
+
+// Compile the README's examples as doc tests, so they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
