@@ -34,8 +34,12 @@ CREATE TABLE outbox.message (
 
 -- The relay's scan: oldest pending first.
 CREATE INDEX message_pending_seq ON outbox.message (seq) WHERE status = 'pending';
--- "Is an earlier message of this key still waiting?" (per-key order).
-CREATE INDEX message_pending_key ON outbox.message (msg_key, seq) WHERE status = 'pending';
+-- Messages told to wait (a delay, or a retry's backoff): the keys they
+-- block. A message that was never delayed has available_at = created_at
+-- (both the transaction's now()), so this index stays as small as the set
+-- of waiting messages, whatever the backlog.
+CREATE INDEX message_waiting ON outbox.message (msg_key, seq)
+    WHERE status = 'pending' AND available_at > created_at;
 -- Retention cleanup of published messages.
 CREATE INDEX message_published_at ON outbox.message (published_at) WHERE status = 'published';
 -- Visibility of dead letters.

@@ -9,6 +9,7 @@ use crate::lease::ShardLeases;
 use crate::publish::{Outcome, Publisher};
 use crate::shutdown::Shutdown;
 use crate::wake::Waker;
+use tokio::task::JoinHandle;
 
 /// Longest pause after a batch failed entirely because the broker was
 /// unavailable; pauses double from one second up to this.
@@ -25,11 +26,18 @@ pub struct LoopSettings {
     pub lease_margin: Duration,
     /// Retry schedule.
     pub retry: RetryPolicy,
+    /// Keep published messages (until retention) instead of deleting them.
+    pub keep_published: bool,
 }
 
 /// Runs until `shutdown` fires, then finishes the batch in flight and
 /// returns. Database and broker errors are logged and retried, never
 /// returned: the loop keeps going until told to stop.
+///
+/// Batches are pipelined: while batch N's results are written, batch N+1
+/// is fetched (leaving out N's messages and every key that failed in N)
+/// and published. N+1 is sent only after every delivery report of N came
+/// back, so the broker sees each key in order.
 pub async fn run(
     store: RelayStore,
     publisher: &Publisher,
@@ -39,11 +47,13 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) {
     let mut broker_pause = Duration::ZERO;
+    let mut marking: Option<(JoinHandle<()>, Exclusions)> = None;
     waker.listen().await;
     while !shutdown.is_triggered() {
         leases.maintain().await;
         let shards = leases.usable(settings.lease_margin).to_vec();
         if shards.is_empty() {
+            finish(&mut marking).await;
             let until_renewal = leases
                 .next_renewal()
                 .saturating_duration_since(Instant::now());
@@ -52,18 +62,31 @@ pub async fn run(
         }
 
         let started = Instant::now();
-        let batch = match store
-            .fetch_pending(&shards, settings.batch_size as i64)
-            .await
-        {
+        let no_exclusions = Exclusions::default();
+        let exclude = marking.as_ref().map_or(&no_exclusions, |(_, e)| e);
+        let fetched = store
+            .fetch_pending(
+                &shards,
+                settings.batch_size as i64,
+                &exclude.seqs,
+                &exclude.keys,
+            )
+            .await;
+        let batch = match fetched {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch pending messages; retrying");
+                finish(&mut marking).await;
                 idle(&mut shutdown, Duration::from_secs(1)).await;
                 continue;
             }
         };
         if batch.is_empty() {
+            if marking.is_some() {
+                // The previous batch's keys may have more behind them.
+                finish(&mut marking).await;
+                continue;
+            }
             let wait = settings.poll_interval.min(
                 leases
                     .next_renewal()
@@ -76,21 +99,59 @@ pub async fn run(
             continue;
         }
 
+        let fetch_time = started.elapsed();
         let outcomes = publisher.publish(&batch).await;
+        let publish_time = started.elapsed() - fetch_time;
         let report = Report::new(&batch, &outcomes, &settings.retry);
-        settle(&store, &report, &mut shutdown).await;
         report.record_metrics(started.elapsed());
+        tracing::trace!(
+            messages = batch.len(),
+            fetch_ms = fetch_time.as_secs_f64() * 1e3,
+            publish_ms = publish_time.as_secs_f64() * 1e3,
+            "batch sent"
+        );
+        let broker_unavailable = report.broker_unavailable;
+        let first_error = report.first_error.clone();
 
-        if report.broker_unavailable {
+        // At most one batch is being marked at a time.
+        finish(&mut marking).await;
+        let exclusions = report.exclusions(&batch);
+        let task = tokio::spawn(settle(
+            store.clone(),
+            report,
+            settings.keep_published,
+            shutdown.clone(),
+        ));
+        marking = Some((task, exclusions));
+
+        if broker_unavailable {
+            finish(&mut marking).await;
             broker_pause = (broker_pause * 2).clamp(Duration::from_secs(1), MAX_BROKER_PAUSE);
             tracing::warn!(
-                error = report.first_error.as_deref().unwrap_or(""),
+                error = first_error.as_deref().unwrap_or(""),
                 pause = %humantime::format_duration(broker_pause),
                 "broker unavailable: no message of the batch was delivered; pausing"
             );
             idle(&mut shutdown, broker_pause).await;
         } else {
             broker_pause = Duration::ZERO;
+        }
+    }
+    finish(&mut marking).await;
+}
+
+/// What the next fetch must leave out while a batch is being marked.
+#[derive(Default)]
+struct Exclusions {
+    seqs: Vec<i64>,
+    keys: Vec<Vec<u8>>,
+}
+
+/// Waits for the batch being marked, if any.
+async fn finish(marking: &mut Option<(JoinHandle<()>, Exclusions)>) {
+    if let Some((task, _)) = marking.take() {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "marking task failed; its messages will be published again");
         }
     }
 }
@@ -108,6 +169,8 @@ struct Report {
     /// the whole relay pauses instead.
     broker_unavailable: bool,
     first_error: Option<String>,
+    /// Keys with a failed or held message in this batch.
+    blocked_keys: Vec<Vec<u8>>,
 }
 
 impl Report {
@@ -121,12 +184,17 @@ impl Report {
             held: 0,
             broker_unavailable: false,
             first_error: None,
+            blocked_keys: Vec::new(),
         };
         for (m, outcome) in batch.iter().zip(outcomes) {
             match outcome {
                 Outcome::Published => r.published.push(m.seq),
-                Outcome::Held => r.held += 1,
+                Outcome::Held => {
+                    r.held += 1;
+                    r.blocked_keys.extend(m.key.clone());
+                }
                 Outcome::Failed { error, permanent } => {
+                    r.blocked_keys.extend(m.key.clone());
                     let attempts = u32::try_from(m.attempts).unwrap_or(0) + 1;
                     let dead = *permanent && retry.exhausted(attempts);
                     if *permanent {
@@ -150,6 +218,17 @@ impl Report {
             r.failures.clear();
         }
         r
+    }
+
+    /// The batch's messages, and the keys that failed or were held back.
+    fn exclusions(&self, batch: &[PendingMessage]) -> Exclusions {
+        let mut keys: Vec<Vec<u8>> = self.blocked_keys.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        Exclusions {
+            seqs: batch.iter().map(|m| m.seq).collect(),
+            keys,
+        }
     }
 
     fn record_metrics(&self, elapsed: Duration) {
@@ -183,11 +262,13 @@ impl Report {
 /// Writes the batch's results back. Retries while the database is away,
 /// because every message not marked now is published again later (a
 /// duplicate, not a loss); gives up only on shutdown.
-async fn settle(store: &RelayStore, report: &Report, shutdown: &mut Shutdown) {
+async fn settle(store: RelayStore, report: Report, keep_published: bool, mut shutdown: Shutdown) {
     let mut delay = Duration::from_millis(100);
     loop {
         let marked = async {
-            store.mark_published(&report.published).await?;
+            store
+                .mark_published(&report.published, keep_published)
+                .await?;
             store.record_failures(&report.failures).await
         };
         match marked.await {
@@ -201,7 +282,7 @@ async fn settle(store: &RelayStore, report: &Report, shutdown: &mut Shutdown) {
                 if shutdown.is_triggered() {
                     return;
                 }
-                idle(shutdown, delay).await;
+                idle(&mut shutdown, delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
