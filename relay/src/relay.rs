@@ -296,3 +296,96 @@ async fn idle(shutdown: &mut Shutdown, d: Duration) {
         _ = shutdown.wait() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outbox::MessageId;
+
+    fn msg(seq: i64, key: &str, attempts: i32) -> PendingMessage {
+        PendingMessage {
+            seq,
+            id: MessageId::new(),
+            topic: "t".into(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(vec![]),
+            header_names: vec![],
+            header_values: vec![],
+            message_type: None,
+            created_at: chrono::Utc::now(),
+            attempts,
+        }
+    }
+
+    fn failed(permanent: bool) -> Outcome {
+        Outcome::Failed {
+            error: "boom".into(),
+            permanent,
+        }
+    }
+
+    #[test]
+    fn permanent_failure_is_dead_only_when_the_budget_is_spent() {
+        let retry = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
+        let batch = [msg(1, "a", 1), msg(2, "b", 2), msg(3, "c", 0)];
+        let r = Report::new(
+            &batch,
+            &[failed(true), failed(true), Outcome::Published],
+            &retry,
+        );
+        assert_eq!(r.published, vec![3]);
+        let dead: Vec<(i64, bool)> = r.failures.iter().map(|f| (f.seq, f.dead)).collect();
+        assert_eq!(dead, vec![(1, false), (2, true)]);
+        assert!(!r.broker_unavailable);
+    }
+
+    #[test]
+    fn transient_failures_never_dead_letter() {
+        let retry = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        let batch = [msg(1, "a", 50), msg(2, "b", 0)];
+        let r = Report::new(&batch, &[failed(false), Outcome::Published], &retry);
+        assert_eq!(r.failures.len(), 1);
+        assert!(!r.failures[0].dead);
+    }
+
+    #[test]
+    fn a_batch_that_failed_entirely_for_broker_reasons_pauses_without_counting() {
+        let batch = [msg(1, "a", 0), msg(2, "b", 0)];
+        let r = Report::new(
+            &batch,
+            &[failed(false), failed(false)],
+            &RetryPolicy::default(),
+        );
+        assert!(r.broker_unavailable);
+        assert!(
+            r.failures.is_empty(),
+            "no attempt is counted against the messages"
+        );
+    }
+
+    #[test]
+    fn failed_and_held_keys_are_excluded_from_the_next_fetch() {
+        let batch = [
+            msg(1, "a", 0),
+            msg(2, "a", 0),
+            msg(3, "b", 0),
+            msg(4, "c", 0),
+        ];
+        let outcomes = [
+            failed(true),
+            Outcome::Held,
+            Outcome::Published,
+            failed(false),
+        ];
+        let r = Report::new(&batch, &outcomes, &RetryPolicy::default());
+        let e = r.exclusions(&batch);
+        assert_eq!(e.seqs, vec![1, 2, 3, 4]);
+        assert_eq!(e.keys, vec![b"a".to_vec(), b"c".to_vec()]);
+    }
+}
