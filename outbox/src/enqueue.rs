@@ -5,7 +5,7 @@ use crate::limits::Limits;
 use crate::message::{Message, MessageId};
 
 /// Bind parameters one message takes in the insert statement.
-const BINDS_PER_MESSAGE: usize = 8;
+const BINDS_PER_MESSAGE: usize = 9;
 /// Most messages [`Outbox::enqueue_all`] writes in one call: PostgreSQL
 /// takes at most 65,535 bind parameters in one statement.
 pub const MAX_MESSAGES_PER_CALL: usize = u16::MAX as usize / BINDS_PER_MESSAGE;
@@ -79,7 +79,8 @@ impl Outbox {
 
         let mut insert = QueryBuilder::<Postgres>::new(
             "INSERT INTO outbox.message \
-             (id, topic, msg_key, payload, header_names, header_values, msg_type, available_at) ",
+             (id, topic, msg_key, payload, header_names, header_values, msg_type, available_at, \
+             confirm_within) ",
         );
         insert.push_values(messages.into_iter().zip(&ids), |mut row, (m, id)| {
             let (names, values): (Vec<String>, Vec<Vec<u8>>) = m.headers.into_iter().unzip();
@@ -92,6 +93,9 @@ impl Outbox {
                 .push_bind(m.message_type)
                 .push("now() + make_interval(secs => ")
                 .push_bind_unseparated(m.delay.as_secs_f64())
+                .push_unseparated(")")
+                .push("make_interval(secs => ")
+                .push_bind_unseparated(m.confirm_within.map(|d| d.as_secs_f64()))
                 .push_unseparated(")");
         });
         insert.build().execute(executor).await?;

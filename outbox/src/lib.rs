@@ -36,6 +36,9 @@
 
 mod enqueue;
 mod error;
+mod inbox;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod limits;
 mod message;
 mod migrate;
@@ -44,6 +47,7 @@ mod store;
 
 pub use enqueue::{Outbox, MAX_MESSAGES_PER_CALL};
 pub use error::{Error, Result};
+pub use inbox::{confirm, Inbox};
 pub use limits::{
     validate_topic, Limits, DEFAULT_MAX_HEADERS_BYTES, DEFAULT_MAX_HEADER_VALUE_BYTES,
     DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, RESERVED_HEADER_PREFIX,

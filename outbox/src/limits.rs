@@ -180,7 +180,11 @@ mod tests {
             .check(&Message::new("t", "").header("a", "12345"))
             .is_err());
         assert!(limits
-            .check(&Message::new("t", "").header("ab", "1234").header("c", "123"))
+            .check(
+                &Message::new("t", "")
+                    .header("ab", "1234")
+                    .header("c", "123")
+            )
             .is_err());
         assert!(limits
             .check(&Message::new("t", "").header("Outbox-Id", "x"))

@@ -60,6 +60,7 @@ pub struct Message {
     pub(crate) headers: Vec<(String, Vec<u8>)>,
     pub(crate) message_type: Option<String>,
     pub(crate) delay: Duration,
+    pub(crate) confirm_within: Option<Duration>,
 }
 
 impl Message {
@@ -72,6 +73,7 @@ impl Message {
             headers: Vec::new(),
             message_type: None,
             delay: Duration::ZERO,
+            confirm_within: None,
         }
     }
 
@@ -117,6 +119,17 @@ impl Message {
     /// Default: zero.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Asks for end-to-end confirmation: once published, the message waits
+    /// in the `awaiting` state until [`confirm`](crate::confirm) is called
+    /// with its id (when the consumer's reply arrives); if that has not
+    /// happened within `timeout`, the relay's sweeper publishes it again
+    /// (consumers de-duplicate, so this is safe). Default: no confirmation;
+    /// the message is done once the broker acknowledged it.
+    pub fn confirm_within(mut self, timeout: Duration) -> Self {
+        self.confirm_within = Some(timeout);
         self
     }
 

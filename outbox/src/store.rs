@@ -69,6 +69,12 @@ pub struct Backlog {
     pub dead: i64,
     /// Age of the oldest pending message, in seconds (0 when none).
     pub oldest_pending_secs: f64,
+    /// Published messages waiting for their end-to-end confirmation.
+    pub awaiting: i64,
+    /// Of those, the ones past their confirmation deadline.
+    pub overdue: i64,
+    /// Confirmed messages still kept (until retention).
+    pub completed: i64,
 }
 
 /// The outbox store as the relay sees it: shard leases, fetching, marking,
@@ -234,18 +240,39 @@ impl RelayStore {
         if seqs.is_empty() {
             return Ok(0);
         }
+        // Messages waiting for an end-to-end confirmation are always kept.
         let statement = if keep {
             "UPDATE outbox.message \
-             SET status = 'published', published_at = now(), last_error = NULL \
+             SET status = CASE WHEN confirm_within IS NULL THEN 'published' ELSE 'awaiting' END, \
+                 confirm_by = now() + confirm_within, \
+                 published_at = now(), last_error = NULL \
              WHERE seq = ANY($1) AND status = 'pending'"
         } else {
-            "DELETE FROM outbox.message WHERE seq = ANY($1) AND status = 'pending'"
+            "WITH deleted AS ( \
+                 DELETE FROM outbox.message \
+                 WHERE seq = ANY($1) AND status = 'pending' AND confirm_within IS NULL \
+                 RETURNING seq), \
+             awaiting AS ( \
+                 UPDATE outbox.message \
+                 SET status = 'awaiting', confirm_by = now() + confirm_within, \
+                     published_at = now(), last_error = NULL \
+                 WHERE seq = ANY($1) AND status = 'pending' AND confirm_within IS NOT NULL \
+                 RETURNING seq) \
+             SELECT (SELECT count(*) FROM deleted) + (SELECT count(*) FROM awaiting)"
         };
-        let done = sqlx::query(statement)
-            .bind(seqs)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        if keep {
+            let done = sqlx::query(statement)
+                .bind(seqs)
+                .execute(&self.pool)
+                .await?;
+            Ok(done.rows_affected())
+        } else {
+            let done: i64 = sqlx::query_scalar(statement)
+                .bind(seqs)
+                .fetch_one(&self.pool)
+                .await?;
+            Ok(done as u64)
+        }
     }
 
     /// Records failed attempts in one statement: bumps `attempts`, keeps the
@@ -296,6 +323,33 @@ impl RelayStore {
         Ok(freed)
     }
 
+    /// Sends overdue messages again: those still `awaiting` a confirmation
+    /// past their deadline go back to pending (ahead of their key, as the
+    /// oldest), unless they were already re-sent `max_resends` times, in
+    /// which case they are dead-lettered. Returns (re-sent, dead-lettered).
+    pub async fn resend_overdue(&self, max_resends: i32) -> Result<(u64, u64)> {
+        let dead = sqlx::query(
+            "UPDATE outbox.message \
+             SET status = 'dead', \
+                 last_error = format('no confirmation after %s re-sends', resends) \
+             WHERE status = 'awaiting' AND confirm_by < now() AND resends >= $1",
+        )
+        .bind(max_resends)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let resent = sqlx::query(
+            "UPDATE outbox.message \
+             SET status = 'pending', resends = resends + 1, confirm_by = NULL, \
+                 available_at = now() \
+             WHERE status = 'awaiting' AND confirm_by < now()",
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok((resent, dead))
+    }
+
     /// Deletes published messages older than `retention`, at most `batch`
     /// rows per statement so no statement holds locks for long, until none
     /// are left. Returns how many were deleted.
@@ -305,9 +359,32 @@ impl RelayStore {
             let deleted = sqlx::query(
                 "DELETE FROM outbox.message WHERE seq IN ( \
                      SELECT seq FROM outbox.message \
-                     WHERE status = 'published' \
+                     WHERE status IN ('published', 'completed') \
                        AND published_at < now() - make_interval(secs => $1) \
                      LIMIT $2)",
+            )
+            .bind(retention.as_secs_f64())
+            .bind(batch)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+            total += deleted;
+            if deleted < batch as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes inbox entries older than `retention`, in bounded batches.
+    /// Keep them longer than any redelivery can take (broker retention and
+    /// consumer lag), or a very late duplicate would be processed again.
+    pub async fn delete_inbox_entries(&self, retention: Duration, batch: i64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "DELETE FROM outbox.inbox WHERE (consumer, message_id) IN ( \
+                     SELECT consumer, message_id FROM outbox.inbox \
+                     WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
             )
             .bind(retention.as_secs_f64())
             .bind(batch)
@@ -335,10 +412,23 @@ impl RelayStore {
             sqlx::query_scalar("SELECT count(*) FROM outbox.message WHERE status = 'dead'")
                 .fetch_one(&self.pool)
                 .await?;
+        let (awaiting, overdue): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE confirm_by < now()) \
+             FROM outbox.message WHERE status = 'awaiting'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let completed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox.message WHERE status = 'completed'")
+                .fetch_one(&self.pool)
+                .await?;
         Ok(Backlog {
+            completed,
             pending,
             dead,
             oldest_pending_secs: oldest.unwrap_or(0.0).max(0.0),
+            awaiting,
+            overdue,
         })
     }
 

@@ -152,6 +152,12 @@ pub struct Settings {
     #[serde(default, with = "humantime_serde::option")]
     pub retention: Option<Duration>,
 
+    /// How long consumers' inbox entries are kept; longer than any
+    /// redelivery can take. [default: 30days]
+    #[arg(long, global = true, env = "OUTBOX_INBOX_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub inbox_retention: Option<Duration>,
+
     /// Rows deleted per cleanup statement. [default: 10000]
     #[arg(long, global = true, env = "OUTBOX_CLEANUP_BATCH")]
     pub cleanup_batch: Option<i64>,
@@ -204,6 +210,7 @@ impl Settings {
         take!(lease => c.lease);
         take!(sweep_schedule => c.sweep_schedule);
         take!(retention => c.retention);
+        take!(inbox_retention => c.inbox_retention);
         take!(cleanup_batch => c.cleanup_batch);
         take!(http_listen => c.http_listen);
         take!(migrate => c.migrate);

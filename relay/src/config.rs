@@ -27,6 +27,8 @@ pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SWEEP_SCHEDULE: &str = "*/10 * * * * *";
 /// Default for [`RelayConfig::retention`]: published messages are kept 7 days.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Default for [`RelayConfig::inbox_retention`]: 30 days.
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default for [`RelayConfig::cleanup_batch`]: rows deleted per statement.
 pub const DEFAULT_CLEANUP_BATCH: i64 = 10_000;
 /// Default for [`RelayConfig::http_listen`].
@@ -68,6 +70,8 @@ pub struct RelayConfig {
     pub sweep_schedule: String,
     /// How long published messages are kept before cleanup deletes them.
     pub retention: Duration,
+    /// How long consumers' inbox entries (processed message ids) are kept.
+    pub inbox_retention: Duration,
     /// Rows deleted per cleanup statement.
     pub cleanup_batch: i64,
     /// Address of the health and metrics endpoint.
@@ -95,6 +99,7 @@ impl RelayConfig {
             retry: RetryPolicy::default(),
             sweep_schedule: DEFAULT_SWEEP_SCHEDULE.into(),
             retention: DEFAULT_RETENTION,
+            inbox_retention: DEFAULT_INBOX_RETENTION,
             cleanup_batch: DEFAULT_CLEANUP_BATCH,
             http_listen: DEFAULT_HTTP_LISTEN.parse().expect("valid default address"),
             migrate: false,

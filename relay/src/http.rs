@@ -46,6 +46,9 @@ pub fn set_backlog_gauges(b: &Backlog) {
     metrics::gauge!(crate::metrics::PENDING).set(b.pending as f64);
     metrics::gauge!(crate::metrics::DEAD_MESSAGES).set(b.dead as f64);
     metrics::gauge!(crate::metrics::OLDEST_PENDING).set(b.oldest_pending_secs);
+    metrics::gauge!(crate::metrics::AWAITING).set(b.awaiting as f64);
+    metrics::gauge!(crate::metrics::OVERDUE).set(b.overdue as f64);
+    metrics::gauge!(crate::metrics::COMPLETED).set(b.completed as f64);
 }
 
 #[derive(Clone)]

@@ -27,8 +27,8 @@ use sqlx::PgPool;
 
 pub use config::{
     RelayConfig, Wakeup, DEFAULT_BATCH_SIZE, DEFAULT_BROKERS, DEFAULT_CLEANUP_BATCH,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_LISTEN, DEFAULT_LEASE, DEFAULT_MESSAGE_TIMEOUT,
-    DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, DEFAULT_SWEEP_SCHEDULE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_LISTEN, DEFAULT_INBOX_RETENTION, DEFAULT_LEASE,
+    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, DEFAULT_SWEEP_SCHEDULE,
 };
 pub use error::{Error, Result};
 pub use http::install_recorder;
@@ -144,6 +144,8 @@ pub async fn run(
             lease: config.lease,
             retention: config.retention,
             cleanup_batch: config.cleanup_batch,
+            max_resends: config.retry.max_attempts as i32,
+            inbox_retention: config.inbox_retention,
         },
     )
     .await?;

@@ -20,3 +20,11 @@ pub const DEAD_MESSAGES: &str = "outbox_dead_messages";
 pub const OLDEST_PENDING: &str = "outbox_oldest_pending_seconds";
 /// Counter: published messages deleted by retention cleanup.
 pub const CLEANED: &str = "outbox_sweeper_deleted_total";
+/// Gauge: published messages waiting for their end-to-end confirmation.
+pub const AWAITING: &str = "outbox_awaiting_confirmation_messages";
+/// Gauge: of those, the ones past their deadline.
+pub const OVERDUE: &str = "outbox_overdue_confirmation_messages";
+/// Gauge: confirmed messages still kept until retention.
+pub const COMPLETED: &str = "outbox_completed_messages";
+/// Counter: messages sent again because their confirmation was overdue.
+pub const RESENT: &str = "outbox_sweeper_resent_total";

@@ -34,24 +34,38 @@ pub struct SweepSettings {
     pub retention: Duration,
     /// Rows deleted per cleanup statement.
     pub cleanup_batch: i64,
+    /// Re-sends of an unconfirmed message before it is dead-lettered.
+    pub max_resends: i32,
+    /// How long inbox entries are kept.
+    pub inbox_retention: Duration,
 }
 
-/// One sweep: frees the shards of relays whose lease expired, deletes
-/// published messages past retention in bounded batches, refreshes the
-/// backlog gauges, and logs what it did.
+/// One sweep: frees the shards of relays whose lease expired, sends again
+/// the messages whose end-to-end confirmation is overdue, deletes
+/// published and completed messages past retention and old inbox entries
+/// in bounded batches, refreshes the backlog gauges, and logs what it did.
 pub async fn sweep_once(store: &RelayStore, settings: &SweepSettings) -> outbox::Result<()> {
     let started = Instant::now();
     let freed = store.expire_leases(settings.lease).await?;
+    let (resent, unconfirmed_dead) = store.resend_overdue(settings.max_resends).await?;
+    metrics::counter!(crate::metrics::RESENT).increment(resent);
+    metrics::counter!(crate::metrics::DEAD).increment(unconfirmed_dead);
+    let inbox_deleted = store
+        .delete_inbox_entries(settings.inbox_retention, settings.cleanup_batch)
+        .await?;
     let deleted = store
         .delete_published(settings.retention, settings.cleanup_batch)
         .await?;
     metrics::counter!(crate::metrics::CLEANED).increment(deleted);
     let backlog = store.backlog().await?;
     crate::http::set_backlog_gauges(&backlog);
-    if freed > 0 || deleted > 0 {
+    if freed + resent + unconfirmed_dead + deleted + inbox_deleted > 0 {
         tracing::info!(
             expired_shard_leases = freed,
+            resent_unconfirmed = resent,
+            dead_unconfirmed = unconfirmed_dead,
             deleted_published = deleted,
+            deleted_inbox = inbox_deleted,
             pending = backlog.pending,
             dead = backlog.dead,
             ms = started.elapsed().as_millis() as u64,
