@@ -168,7 +168,7 @@ pub struct Settings {
 
     /// Create or upgrade the schema at start instead of refusing to start
     /// when it is missing or old. [default: false]
-    #[arg(long, global = true, env = "OUTBOX_MIGRATE")]
+    #[arg(long, global = true, env = "OUTBOX_MIGRATE", num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub migrate: Option<bool>,
 
     /// This relay's name in logs and in outbox.relay. [default: HOST-PID]
@@ -282,11 +282,13 @@ mod tests {
             "9",
             "--kafka",
             "acks=1",
+            "--migrate",
         ])
         .unwrap();
         let c = cli.settings.resolve().unwrap();
         assert_eq!(c.database_url, "postgres://file/db");
         assert_eq!(c.batch_size, 9);
+        assert!(c.migrate);
         assert_eq!(c.lease, Duration::from_secs(45));
         assert_eq!(c.poll_interval, outbox_relay::DEFAULT_POLL_INTERVAL);
         assert_eq!(

@@ -1,0 +1,114 @@
+//! The order/inventory example: shared event types and plumbing.
+//!
+//! The order service writes an order and its `OrderPlaced` message in one
+//! transaction; its relay publishes it; the inventory service consumes it
+//! through its inbox and, in one transaction, reserves the stock (or
+//! rejects the order) and writes `StockReserved` / `StockRejected` to its
+//! own outbox; its relay publishes that; the order service consumes the
+//! reply through its inbox, confirms or cancels the order (the
+//! compensation), and confirms the original message end to end.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Topic of the order service's events.
+pub const ORDER_EVENTS: &str = "order-events";
+/// Topic of the inventory service's events.
+pub const INVENTORY_EVENTS: &str = "inventory-events";
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// Product.
+    pub sku: String,
+    /// How many.
+    pub qty: i32,
+}
+
+/// `OrderPlaced`, from the order service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: Uuid,
+    /// What to reserve.
+    pub items: Vec<Item>,
+}
+
+/// `StockReserved` or `StockRejected`, from the inventory service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StockDecision {
+    /// The order.
+    pub order_id: Uuid,
+    /// The `OrderPlaced` message this answers (for end-to-end confirmation).
+    pub in_reply_to: Uuid,
+    /// Why it was rejected, when it was.
+    pub reason: Option<String>,
+}
+
+/// Message type of [`OrderPlaced`].
+pub const ORDER_PLACED: &str = "OrderPlaced";
+/// Message type of a positive [`StockDecision`].
+pub const STOCK_RESERVED: &str = "StockReserved";
+/// Message type of a negative [`StockDecision`].
+pub const STOCK_REJECTED: &str = "StockRejected";
+
+/// Connects and applies both the outbox schema and the service's own
+/// migrations (each kept in its own history table, so they never clash).
+pub async fn connect(url: &str, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    outbox::migrate(&pool).await?;
+    migrator.run(&pool).await?;
+    Ok(pool)
+}
+
+/// A consumer in group `group`, subscribed to `topic`, committing offsets
+/// itself (after the database).
+pub fn consumer(brokers: &str, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "50")
+        .set("session.timeout.ms", "10000")
+        // Static membership (KIP-345): a restarted instance takes its
+        // predecessor's place at once instead of waiting for the broker to
+        // notice the old session died.
+        .set("group.instance.id", format!("{group}-1"))
+        .set("debug", std::env::var("KAFKA_DEBUG").unwrap_or_default())
+        .create()?;
+    c.subscribe(&[topic])?;
+    Ok(c)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
