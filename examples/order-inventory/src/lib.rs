@@ -76,7 +76,12 @@ pub async fn connect(url: &str, migrator: &sqlx::migrate::Migrator) -> anyhow::R
 /// A consumer in group `group`, subscribed to `topic`, committing offsets
 /// itself (after the database).
 pub fn consumer(brokers: &str, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
-    let c: StreamConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    // librdkafka's own debug contexts (e.g. KAFKA_DEBUG=cgrp), when asked for.
+    if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
+        config.set("debug", contexts);
+    }
+    let c: StreamConsumer = config
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -87,7 +92,6 @@ pub fn consumer(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Strea
         // predecessor's place at once instead of waiting for the broker to
         // notice the old session died.
         .set("group.instance.id", format!("{group}-1"))
-        .set("debug", std::env::var("KAFKA_DEBUG").unwrap_or_default())
         .create()?;
     c.subscribe(&[topic])?;
     Ok(c)

@@ -149,9 +149,15 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-async fn wait_http(url: &str, deadline: Duration) -> anyhow::Result<()> {
+async fn wait_http(
+    url: &str,
+    deadline: Duration,
+    proc: &mut Proc,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
+        proc.check_alive(dir)?;
         if let Ok(r) = reqwest_lite(url).await {
             if r.starts_with("HTTP/1.1 200") {
                 return Ok(());
@@ -385,14 +391,19 @@ async fn run(
     };
     let mut order_service = stack.order_service()?;
     let mut inventory_service = stack.inventory_service()?;
+    let ready = Duration::from_secs(60);
     wait_http(
         &format!("{}/healthz", stack.order_http),
-        Duration::from_secs(60),
+        ready,
+        &mut order_service,
+        dir,
     )
     .await?;
     wait_http(
         &format!("{}/healthz", stack.inventory_http),
-        Duration::from_secs(60),
+        ready,
+        &mut inventory_service,
+        dir,
     )
     .await?;
     let mut order_relay = stack.relay("order-relay", &orders_url)?;

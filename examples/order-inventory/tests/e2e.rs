@@ -1,0 +1,84 @@
+//! The order/inventory flow end to end, with crashes: the demo runner
+//! starts a broker, both services, both relays, places orders against
+//! stock too small for all of them, SIGKILLs the inventory service and the
+//! order relay mid-run and restarts them, then checks every invariant and
+//! exits non-zero if one fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn tansu_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("TANSU_BIN") {
+        return bin.into();
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    PathBuf::from(home).join(".cache/outbox/tansu-0.6.0/bin/tansu")
+}
+
+#[test]
+fn converges_through_crashes() {
+    let demo = PathBuf::from(env!("CARGO_BIN_EXE_order-inventory-demo"));
+    let relay = demo.with_file_name("outbox-relay");
+    assert!(
+        relay.exists(),
+        "{} is missing: build it first (cargo build -p outbox-relay, or run the whole workspace's tests)",
+        relay.display()
+    );
+    let run_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("order-inventory-e2e-{}", std::process::id()));
+    let status = Command::new(&demo)
+        .args([
+            "--orders",
+            "150",
+            "--rate",
+            "50",
+            "--skus",
+            "4",
+            "--stock",
+            "40",
+            "--chaos",
+            "--timeout",
+            "90s",
+        ])
+        .arg("--tansu-bin")
+        .arg(tansu_bin())
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .status()
+        .expect("the demo runner starts");
+    assert!(
+        status.success(),
+        "invariants failed or the run broke; logs in {}",
+        run_dir.display()
+    );
+
+    let report =
+        std::fs::read_to_string(run_dir.join("report.md")).expect("the runner writes a report");
+    assert_eq!(
+        report.matches("- crash: SIGKILL").count(),
+        2,
+        "both crashes happened:\n{report}"
+    );
+    assert!(!report.contains("**NO**"), "{report}");
+    let count = |label: &str| -> usize {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with("- orders:"))
+            .expect("orders line");
+        line.split(", ")
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(label)
+                    .map(|n| n.trim().rsplit(' ').next().unwrap().parse().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        count("confirmed") > 0,
+        "some orders must be confirmed:\n{report}"
+    );
+    assert!(
+        count("cancelled") > 0,
+        "stock was too small for all: some orders must be cancelled:\n{report}"
+    );
+}
