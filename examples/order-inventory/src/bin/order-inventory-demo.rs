@@ -210,25 +210,17 @@ struct Stack {
 
 impl Stack {
     fn relay(&self, which: &'static str, db: &str) -> anyhow::Result<Proc> {
+        // The same config files docker-compose.yml uses; only the addresses differ.
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/{which}.toml"));
         let mut cmd = Command::new(self.bin_dir.join("outbox-relay"));
-        cmd.args([
+        cmd.arg("--config").arg(config).args([
             "--database-url",
             db,
             "--brokers",
             &self.brokers,
             "--http-listen",
             "127.0.0.1:0",
-        ])
-        .args([
-            "--migrate",
-            "--name",
-            which,
-            "--lease",
-            "6s",
-            "--kafka",
-            "message.timeout.ms=2000",
-        ])
-        .args(["--sweep-schedule", "*/2 * * * * *"]);
+        ]);
         Proc::spawn(which, cmd, &self.dir.join(format!("{which}.log")))
     }
 
