@@ -1,0 +1,1 @@
+//! 2PC/3PC coordinator (being written).
