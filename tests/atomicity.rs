@@ -100,7 +100,7 @@ async fn committed_transaction_leaves_exactly_its_messages() -> Result<()> {
     tx.rollback().await?;
 
     let binary: Vec<u8> = (0..=255u8).collect();
-    let messages = vec![
+    let messages = [
         Message::new("orders", r#"{"order":1}"#)
             .key("order-1")
             .message_type("OrderPlaced")

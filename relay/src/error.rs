@@ -34,6 +34,11 @@ pub enum Error {
     #[error("cannot create the Kafka producer: {0}. Check --brokers and the --kafka settings")]
     Producer(#[source] rdkafka::error::KafkaError),
 
+    /// The idempotent producer hit a fatal error and cannot go on; restart
+    /// the relay (unmarked messages are published again).
+    #[error("fatal Kafka producer error, the relay must restart: {0}")]
+    ProducerFatal(String),
+
     /// The sweeper's scheduler failed.
     #[error("the sweeper scheduler failed: {0}")]
     Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),

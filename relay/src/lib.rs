@@ -175,9 +175,10 @@ pub async fn run(
         lease_margin: message_timeout + Duration::from_secs(1),
         retry: config.retry,
         keep_published: !config.retention.is_zero(),
+        max_broker_pause: config.renew_interval(),
     };
 
-    {
+    let outcome = {
         let publishing = relay::run(
             store.clone(),
             &publisher,
@@ -188,18 +189,21 @@ pub async fn run(
         );
         tokio::pin!(publishing);
         tokio::select! {
-            _ = &mut publishing => {}
+            outcome = &mut publishing => outcome,
             _ = stop => {
                 trigger.trigger();
-                publishing.await;
+                publishing.await
             }
         }
-    }
+    };
     trigger.trigger();
     leases.release().await;
     publisher.flush(FLUSH_TIMEOUT);
     let _ = scheduler.shutdown().await;
     pool.close().await;
+    if let Err(fatal) = outcome {
+        return Err(Error::ProducerFatal(fatal));
+    }
     tracing::info!("relay stopped");
     Ok(())
 }

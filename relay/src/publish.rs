@@ -1,6 +1,6 @@
 //! Publishing a batch through the idempotent Kafka producer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -71,17 +71,25 @@ impl Publisher {
     /// Sends every message of `batch` in order and waits for every delivery
     /// report. Returns one outcome per message, in batch order.
     ///
-    /// Messages of one key go to one partition in batch order. When one
-    /// fails before it could be sent, the later messages of its key are
-    /// [`Outcome::Held`] rather than sent past it.
+    /// A key's messages are sent together only while they go to the same
+    /// topic (so the same partition, where the idempotent producer keeps
+    /// their order); a later message of the key for another topic is
+    /// [`Outcome::Held`] for the next batch, which starts only after every
+    /// delivery report of this one, so it cannot overtake an earlier
+    /// message that is slow or fails. When a message fails before it could
+    /// be sent, the later messages of its key are held too.
     pub async fn publish(&self, batch: &[PendingMessage]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut failed_keys: HashSet<&[u8]> = HashSet::new();
+        let mut key_topics: HashMap<&[u8], &str> = HashMap::new();
 
         for (i, m) in batch.iter().enumerate() {
             if let Some(key) = m.key.as_deref() {
-                if failed_keys.contains(key) {
+                let first_topic = *key_topics.entry(key).or_insert(m.topic.as_str());
+                if failed_keys.contains(key) || first_topic != m.topic {
+                    // Hold the rest of this key for the next batch.
+                    failed_keys.insert(key);
                     outcomes[i] = Some(Outcome::Held);
                     continue;
                 }
@@ -177,6 +185,16 @@ impl Publisher {
     /// delivered or failed.
     pub fn flush(&self, timeout: Duration) {
         let _ = self.producer.flush(Timeout::After(timeout));
+    }
+
+    /// The producer's fatal error, if it had one: librdkafka's idempotent
+    /// producer cannot go on after one (e.g. a sequence gap it cannot
+    /// repair), so the relay must stop and be restarted.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
     }
 
     /// A clone of the underlying producer, for health checks.

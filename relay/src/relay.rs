@@ -28,11 +28,17 @@ pub struct LoopSettings {
     pub retry: RetryPolicy,
     /// Keep published messages (until retention) instead of deleting them.
     pub keep_published: bool,
+    /// Longest pause when the broker is unavailable: at most the lease
+    /// renewal interval, so a pausing relay keeps its shards.
+    pub max_broker_pause: Duration,
 }
 
 /// Runs until `shutdown` fires, then finishes the batch in flight and
-/// returns. Database and broker errors are logged and retried, never
-/// returned: the loop keeps going until told to stop.
+/// returns `Ok`. Database and broker errors are logged and retried: the
+/// loop keeps going until told to stop. The one error returned is a fatal
+/// producer error, after which librdkafka's idempotent producer cannot go
+/// on: the relay must exit and be restarted (unmarked messages are then
+/// published again).
 ///
 /// Batches are pipelined: while batch N's results are written, batch N+1
 /// is fetched (leaving out N's messages and every key that failed in N)
@@ -45,7 +51,7 @@ pub async fn run(
     mut waker: Waker,
     settings: LoopSettings,
     mut shutdown: Shutdown,
-) {
+) -> Result<(), String> {
     let mut broker_pause = Duration::ZERO;
     let mut marking: Option<(JoinHandle<()>, Exclusions)> = None;
     waker.listen().await;
@@ -112,6 +118,17 @@ pub async fn run(
         );
         let broker_unavailable = report.broker_unavailable;
         let first_error = report.first_error.clone();
+        if let Some(fatal) = publisher.fatal_error() {
+            finish(&mut marking).await;
+            settle(
+                store.clone(),
+                report,
+                settings.keep_published,
+                shutdown.clone(),
+            )
+            .await;
+            return Err(fatal);
+        }
 
         // At most one batch is being marked at a time.
         finish(&mut marking).await;
@@ -126,7 +143,10 @@ pub async fn run(
 
         if broker_unavailable {
             finish(&mut marking).await;
-            broker_pause = (broker_pause * 2).clamp(Duration::from_secs(1), MAX_BROKER_PAUSE);
+            broker_pause = (broker_pause * 2).clamp(
+                Duration::from_secs(1),
+                MAX_BROKER_PAUSE.min(settings.max_broker_pause),
+            );
             tracing::warn!(
                 error = first_error.as_deref().unwrap_or(""),
                 pause = %humantime::format_duration(broker_pause),
@@ -138,6 +158,7 @@ pub async fn run(
         }
     }
     finish(&mut marking).await;
+    Ok(())
 }
 
 /// What the next fetch must leave out while a batch is being marked.
