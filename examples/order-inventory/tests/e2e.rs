@@ -39,6 +39,8 @@ fn converges_through_crashes() {
             "--chaos",
             "--timeout",
             "90s",
+            "--duplicates",
+            "20",
         ])
         .arg("--tansu-bin")
         .arg(tansu_bin())
@@ -54,8 +56,22 @@ fn converges_through_crashes() {
 
     let report =
         std::fs::read_to_string(run_dir.join("report.md")).expect("the runner writes a report");
+    let wire = report
+        .lines()
+        .find(|l| l.starts_with("- on the wire:"))
+        .expect("wire line");
+    let duplicates: usize = wire
+        .split(": ")
+        .nth(2)
+        .and_then(|d| d.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("duplicate count");
+    assert!(
+        duplicates >= 20,
+        "the injected duplicates reached the wire:\n{report}"
+    );
     assert_eq!(
-        report.matches("- crash: SIGKILL").count(),
+        report.matches("- fault: SIGKILL").count(),
         2,
         "both crashes happened:\n{report}"
     );

@@ -42,6 +42,11 @@ struct Args {
     /// SIGKILL the inventory service and the order relay mid-run, then restart them.
     #[arg(long)]
     chaos: bool,
+    /// Copies of already-published OrderPlaced records to put on the wire
+    /// again (as a relay that crashed before marking would), for the
+    /// inventory inbox to absorb.
+    #[arg(long, default_value_t = 30)]
+    duplicates: usize,
     /// Give up if not converged this long after the last order was placed.
     #[arg(long, default_value = "120s", value_parser = humantime_parse)]
     timeout: Duration,
@@ -523,6 +528,13 @@ async fn run(
         }
         if n >= args.orders && placed_at.is_none() {
             placed_at = Some(Instant::now());
+            if args.duplicates > 0 {
+                let copied = replay_records(&brokers, ORDER_EVENTS, args.duplicates).await?;
+                crash_log.push(format!(
+                    "re-sent {copied} OrderPlaced records already delivered"
+                ));
+                println!("\n  re-sent {copied} OrderPlaced records already delivered");
+            }
         }
         if let Some(at) = placed_at {
             if pending == 0 && counts.values().sum::<i64>() as usize == args.orders {
@@ -575,10 +587,10 @@ async fn run(
         started.elapsed().as_secs_f64()
     ));
     for c in &crash_log {
-        text.push_str(&format!("- crash: {c}\n"));
+        text.push_str(&format!("- fault: {c}\n"));
     }
     text.push_str(&format!(
-        "- on the wire: {} records, {} distinct messages, {} duplicates absorbed by the inboxes\n",
+        "- on the wire: {} records, {} distinct messages: {} duplicates, absorbed by the inboxes\n",
         report.records,
         report.distinct,
         report.records - report.distinct
@@ -733,6 +745,64 @@ async fn check(
         distinct,
         invariants: inv,
     })
+}
+
+/// Produces copies (same key, value and headers) of up to `n` records
+/// already in `topic`: duplicates on the wire, as at-least-once delivery
+/// makes them.
+async fn replay_records(brokers: &str, topic: &str, n: usize) -> anyhow::Result<usize> {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("demo-replay-{}", uuid::Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut copies = Vec::new();
+    let started = Instant::now();
+    while copies.len() < n && started.elapsed() < Duration::from_secs(20) {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers: Vec<(String, Vec<u8>)> = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            copies.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                headers,
+            ));
+        }
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    for (key, payload, headers) in &copies {
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(v),
+            });
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(h);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(copies.len())
 }
 
 /// Every record of both topics, and how many distinct outbox ids they carry.
