@@ -80,7 +80,7 @@ async fn rolled_back_transaction_leaves_no_message() -> Result<()> {
     // Nothing for the relay either.
     let store = RelayStore::new(db.pool.clone());
     assert!(store
-        .fetch_pending(&all_shards(), 100, &[], &[])
+        .fetch_pending(&all_shards(), 100, 0, &[], &[])
         .await?
         .is_empty());
     Ok(())
@@ -287,7 +287,7 @@ async fn message_is_invisible_to_others_until_commit() -> Result<()> {
     );
     assert!(
         store
-            .fetch_pending(&all_shards(), 100, &[], &[])
+            .fetch_pending(&all_shards(), 100, 0, &[], &[])
             .await?
             .is_empty(),
         "the relay can fetch an uncommitted message"
@@ -300,7 +300,7 @@ async fn message_is_invisible_to_others_until_commit() -> Result<()> {
         .await?;
     assert_eq!(seen, 1, "the committed message is not visible");
     let pending = store
-        .fetch_pending(&all_shards(), 100, &[], &[])
+        .fetch_pending(&all_shards(), 100, 0, &[], &[])
         .await
         .context("fetch_pending after commit")?;
     assert_eq!(pending.len(), 1);

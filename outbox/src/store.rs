@@ -193,14 +193,27 @@ impl RelayStore {
     /// `exclude_seqs` and `exclude_keys` leave out the previous batch, whose
     /// results are still being written, and every key that had a failure
     /// in it: until its backoff is recorded, nothing may overtake it.
+    ///
+    /// `after` skips messages with `seq <= after`: a caller draining a
+    /// backlog passes the last `seq` it fetched, so each fetch starts where
+    /// the last ended instead of walking again over the index entries of
+    /// everything it already published (dead until vacuumed). Order per key
+    /// does not depend on it (waiting keys are found wherever they are), but
+    /// a message committed late with a lower `seq` is only seen by a fetch
+    /// from 0, so callers go back to 0 regularly.
     pub async fn fetch_pending(
         &self,
         shards: &[i16],
         limit: i64,
+        after: i64,
         exclude_seqs: &[i64],
         exclude_keys: &[Vec<u8>],
     ) -> Result<Vec<PendingMessage>> {
-        // `blocked`: keys with a message still waiting, and from where.
+        // `blocked`: keys with a message that was made to wait (delay or
+        // backoff) and is still pending, and from where. Such a message
+        // blocks the later ones of its key even once it is due, until it is
+        // itself published: it may lie below `after`, where this fetch does
+        // not look.
         // The availability test on `c` is written so no index can serve it:
         // the scan must follow message_pending_seq in seq order and stop at
         // LIMIT, however large the backlog.
@@ -208,7 +221,7 @@ impl RelayStore {
             "WITH blocked AS MATERIALIZED ( \
                  SELECT msg_key, min(seq) AS from_seq FROM outbox.message \
                  WHERE status = 'pending' AND available_at > created_at \
-                   AND available_at > now() AND msg_key IS NOT NULL \
+                   AND msg_key IS NOT NULL \
                  GROUP BY msg_key) \
              SELECT c.seq, c.id, c.topic, c.msg_key, c.payload, c.header_names, \
                     c.header_values, c.msg_type, c.created_at, c.attempts \
@@ -218,6 +231,7 @@ impl RelayStore {
                AND NOT EXISTS ( \
                    SELECT 1 FROM blocked b \
                    WHERE b.msg_key = c.msg_key AND b.from_seq < c.seq) \
+               AND c.seq > $5 \
                AND c.seq <> ALL($3) \
                AND (c.msg_key IS NULL OR c.msg_key <> ALL($4)) \
              ORDER BY c.seq \
@@ -227,6 +241,7 @@ impl RelayStore {
         .bind(limit)
         .bind(exclude_seqs)
         .bind(exclude_keys)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

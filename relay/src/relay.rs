@@ -54,6 +54,11 @@ pub async fn run(
 ) -> Result<(), String> {
     let mut broker_pause = Duration::ZERO;
     let mut marking: Option<(JoinHandle<()>, Exclusions)> = None;
+    // Where the next fetch starts (see RelayStore::fetch_pending); back to
+    // 0 whenever the relay catches up and at least every poll interval, so
+    // a late commit with a lower seq waits at most that long.
+    let mut cursor = 0_i64;
+    let mut cursor_reset = Instant::now();
     waker.listen().await;
     while !shutdown.is_triggered() {
         leases.maintain().await;
@@ -68,12 +73,17 @@ pub async fn run(
         }
 
         let started = Instant::now();
+        if cursor_reset.elapsed() >= settings.poll_interval {
+            cursor = 0;
+            cursor_reset = started;
+        }
         let no_exclusions = Exclusions::default();
         let exclude = marking.as_ref().map_or(&no_exclusions, |(_, e)| e);
         let fetched = store
             .fetch_pending(
                 &shards,
                 settings.batch_size as i64,
+                cursor,
                 &exclude.seqs,
                 &exclude.keys,
             )
@@ -87,6 +97,16 @@ pub async fn run(
                 continue;
             }
         };
+        let full = batch.len() == settings.batch_size;
+        if !full && cursor != 0 {
+            // Caught up from the cursor: look once more from the start
+            // before waiting.
+            cursor = 0;
+            cursor_reset = started;
+            if batch.is_empty() {
+                continue;
+            }
+        }
         if batch.is_empty() {
             if marking.is_some() {
                 // The previous batch's keys may have more behind them.
@@ -109,6 +129,18 @@ pub async fn run(
         let outcomes = publisher.publish(&batch).await;
         let publish_time = started.elapsed() - fetch_time;
         let report = Report::new(&batch, &outcomes, &settings.retry);
+        if full {
+            // Never move past a held message: nothing marks it as waiting,
+            // so only a fetch that sees it again keeps its key in order.
+            let held = batch
+                .iter()
+                .zip(&outcomes)
+                .find(|(_, o)| **o == Outcome::Held);
+            cursor = match held {
+                Some((m, _)) => m.seq - 1,
+                None => batch.last().map_or(0, |m| m.seq),
+            };
+        }
         report.record_metrics(started.elapsed());
         tracing::trace!(
             messages = batch.len(),
