@@ -61,11 +61,15 @@ pub async fn connect(config: &RelayConfig) -> Result<PgPool> {
     // The relay's statements are written to walk indexes in seq order and
     // stop at LIMIT. Right after a bulk load the table has no statistics
     // yet, and the planner would rather bitmap-scan and sort the whole
-    // backlog (seconds per batch on a million rows); these settings only
-    // make such plans a last resort for the relay's own connections.
-    let options = options
-        .application_name("outbox-relay")
-        .options([("enable_bitmapscan", "off"), ("enable_sort", "off")]);
+    // backlog (seconds per batch on a million rows), or read the whole
+    // table to find the few delayed messages (it cannot estimate
+    // `available_at > created_at`); these settings only make such plans a
+    // last resort for the relay's own connections.
+    let options = options.application_name("outbox-relay").options([
+        ("enable_bitmapscan", "off"),
+        ("enable_sort", "off"),
+        ("enable_seqscan", "off"),
+    ]);
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut wait = Duration::from_millis(200);
     loop {

@@ -15,6 +15,10 @@ use tokio::task::JoinHandle;
 /// unavailable; pauses double from one second up to this.
 const MAX_BROKER_PAUSE: Duration = Duration::from_secs(30);
 
+/// Longest a relay draining a backlog goes without looking below its
+/// cursor (see `run`).
+const CURSOR_RESET: Duration = Duration::from_secs(10);
+
 /// The loop's settings.
 pub struct LoopSettings {
     /// Messages per batch.
@@ -55,8 +59,10 @@ pub async fn run(
     let mut broker_pause = Duration::ZERO;
     let mut marking: Option<(JoinHandle<()>, Exclusions)> = None;
     // Where the next fetch starts (see RelayStore::fetch_pending); back to
-    // 0 whenever the relay catches up and at least every poll interval, so
-    // a late commit with a lower seq waits at most that long.
+    // 0 whenever the relay catches up, and at least every CURSOR_RESET while
+    // it drains a backlog, so a late commit with a lower seq waits at most
+    // that long. Not more often: right after a large drain, a fetch from 0
+    // walks every dead index entry until vacuum removes them.
     let mut cursor = 0_i64;
     let mut cursor_reset = Instant::now();
     waker.listen().await;
@@ -73,7 +79,7 @@ pub async fn run(
         }
 
         let started = Instant::now();
-        if cursor_reset.elapsed() >= settings.poll_interval {
+        if cursor_reset.elapsed() >= CURSOR_RESET {
             cursor = 0;
             cursor_reset = started;
         }

@@ -1,0 +1,205 @@
+//! Where a drain's time goes, seen from outside the relay (so it needs no
+//! cooperation from the relay's code): `pg_stat_activity` sampled every few
+//! milliseconds shows which of the relay's statements is running, and
+//! `/proc` shows how much CPU the relay process itself burns.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+/// How often `pg_stat_activity` is sampled.
+const INTERVAL: Duration = Duration::from_millis(10);
+
+/// Shares of the sampled wall time.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Profile {
+    /// Samples taken.
+    pub samples: u64,
+    /// Share of samples in which a statement of this kind was running on
+    /// one of the relay's connections (several may overlap).
+    pub statements: BTreeMap<String, f64>,
+    /// Share of samples in which none of the relay's statements was
+    /// running: the relay was publishing, waiting for the broker, or busy
+    /// on its own CPU.
+    pub outside_database: f64,
+    /// Top wait events of running relay statements (share of samples).
+    pub waits: BTreeMap<String, f64>,
+    /// CPU seconds the relay process used over the sampled wall time.
+    pub relay_cpu_seconds: f64,
+    /// Sampled wall time, seconds.
+    pub wall_seconds: f64,
+}
+
+impl Profile {
+    /// "fetch 62% · mark 21% · no SQL running 17% · relay CPU 9% of a core"
+    /// (statement shares can overlap: the relay marks one batch while it
+    /// fetches the next).
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<(f64, String)> = self
+            .statements
+            .iter()
+            .filter(|(_, s)| **s >= 0.01)
+            .map(|(k, s)| (*s, format!("{k} {:.0}%", s * 100.0)))
+            .collect();
+        parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut out: Vec<String> = parts.into_iter().map(|(_, s)| s).collect();
+        out.push(format!(
+            "no SQL running {:.0}%",
+            self.outside_database * 100.0
+        ));
+        if self.wall_seconds > 0.0 {
+            out.push(format!(
+                "relay CPU {:.0}% of a core",
+                100.0 * self.relay_cpu_seconds / self.wall_seconds
+            ));
+        }
+        out.join(" · ")
+    }
+}
+
+/// A running sampler.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Result<Profile>>,
+}
+
+impl Sampler {
+    /// Starts sampling the relay's connections to the database of `pool`
+    /// (every client backend except the benchmark's own, whose connections
+    /// are named `outbox-bench`), and the CPU time of process `relay_pid`.
+    pub fn start(pool: PgPool, relay_pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = tokio::spawn(async move { sample(pool, relay_pid, stop2).await });
+        Sampler { stop, handle }
+    }
+
+    /// Stops sampling and returns the profile.
+    pub async fn finish(self) -> Result<Profile> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.await?
+    }
+}
+
+async fn sample(pool: PgPool, relay_pid: u32, stop: Arc<AtomicBool>) -> Result<Profile> {
+    let mut conn = pool.acquire().await?;
+    let cpu_start = cpu_seconds(relay_pid);
+    let started = Instant::now();
+    let mut samples = 0u64;
+    let mut statements: BTreeMap<String, u64> = BTreeMap::new();
+    let mut waits: BTreeMap<String, u64> = BTreeMap::new();
+    let mut idle = 0u64;
+    let mut ticker = tokio::time::interval(INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut cpu_end = cpu_start;
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT query, wait_event_type || ':' || wait_event FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+               AND backend_type = 'client backend' AND state = 'active' \
+               AND application_name <> 'outbox-bench'",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        samples += 1;
+        if let Some(c) = cpu_seconds(relay_pid) {
+            cpu_end = Some(c);
+        }
+        let mut kinds: Vec<String> = rows.iter().map(|(q, _)| classify(q)).collect();
+        kinds.sort();
+        kinds.dedup();
+        if kinds.is_empty() {
+            idle += 1;
+        }
+        for k in kinds {
+            *statements.entry(k).or_default() += 1;
+        }
+        for (q, w) in &rows {
+            if let Some(w) = w {
+                *waits.entry(format!("{} {w}", classify(q))).or_default() += 1;
+            }
+        }
+    }
+    let n = samples.max(1) as f64;
+    let share = |m: BTreeMap<String, u64>| m.into_iter().map(|(k, v)| (k, v as f64 / n)).collect();
+    Ok(Profile {
+        samples,
+        statements: share(statements),
+        outside_database: idle as f64 / n,
+        waits: share(waits),
+        relay_cpu_seconds: match (cpu_start, cpu_end) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        },
+        wall_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A short name for one of the relay's statements.
+fn classify(query: &str) -> String {
+    let q: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    let has = |s: &str| q.contains(s);
+    let name = if has("FROM outbox.message c") && q.contains("SELECT") {
+        "fetch"
+    } else if (q.starts_with("UPDATE outbox.message") && has("published_at = now()"))
+        || q.starts_with("WITH deleted AS")
+    {
+        "mark"
+    } else if q.starts_with("UPDATE outbox.message m") && has("attempts") {
+        "record failures"
+    } else if q.starts_with("DELETE FROM outbox.message") {
+        "sweep delete"
+    } else if has("count(*)") {
+        "backlog count"
+    } else if has("outbox.shard_lease") || has("outbox.relay") {
+        "lease"
+    } else {
+        return q.chars().take(40).collect();
+    };
+    name.to_owned()
+}
+
+/// utime + stime of process `pid`, in seconds (assumes 100 ticks/s, the
+/// Linux default).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn classifies_the_relay_statements() {
+        assert_eq!(
+            super::classify("WITH blocked AS MATERIALIZED (SELECT …) SELECT c.seq FROM outbox.message c WHERE …"),
+            "fetch"
+        );
+        assert_eq!(
+            super::classify("UPDATE outbox.message SET status = 'published', published_at = now() WHERE seq = ANY($1)"),
+            "mark"
+        );
+        assert_eq!(
+            super::classify("WITH deleted AS ( DELETE FROM outbox.message WHERE seq = ANY($1))"),
+            "mark"
+        );
+        assert_eq!(super::classify("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        assert!(super::cpu_seconds(std::process::id()).is_some());
+    }
+}
