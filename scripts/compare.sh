@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_postgres
+ensure_mariadb
 export OUTBOX_TEST_MYSQL_URL="${OUTBOX_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
 if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then
   echo "MariaDB is not reachable on 127.0.0.1:3306" >&2

@@ -29,6 +29,17 @@ ensure_postgres() {
   fi
 }
 
+# MariaDB on 127.0.0.1:3306 (root, no password): a participant of the
+# 2PC/3PC comparison and its tests.
+ensure_mariadb() {
+  if ! mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
+    log "starting MariaDB"
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    for _ in $(seq 1 30); do mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1 && break; sleep 1; done
+  fi
+  mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1 || { echo "MariaDB is not reachable on 127.0.0.1:3306" >&2; return 1; }
+}
+
 # The pinned tansu, built once into a cache folder (about 10 minutes).
 ensure_tansu() {
   if [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_postgres
+ensure_mariadb
 ensure_tansu
 
 log "cargo fmt --check"
