@@ -369,43 +369,49 @@ impl RelayStore {
     /// rows per statement so no statement holds locks for long, until none
     /// are left. Returns how many were deleted.
     pub async fn delete_published(&self, retention: Duration, batch: i64) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox.message WHERE seq IN ( \
-                     SELECT seq FROM outbox.message \
-                     WHERE status IN ('published', 'completed') \
-                       AND published_at < now() - make_interval(secs => $1) \
-                     LIMIT $2)",
-            )
-            .bind(retention.as_secs_f64())
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += deleted;
-            if deleted < batch as u64 {
-                return Ok(total);
-            }
-        }
+        self.delete_in_batches(
+            "DELETE FROM outbox.message WHERE seq IN ( \
+                 SELECT seq FROM outbox.message \
+                 WHERE status IN ('published', 'completed') \
+                   AND published_at < now() - make_interval(secs => $1) \
+                 LIMIT $2)",
+            retention,
+            batch,
+        )
+        .await
     }
 
     /// Deletes inbox entries older than `retention`, in bounded batches.
     /// Keep them longer than any redelivery can take (broker retention and
     /// consumer lag), or a very late duplicate would be processed again.
     pub async fn delete_inbox_entries(&self, retention: Duration, batch: i64) -> Result<u64> {
+        self.delete_in_batches(
+            "DELETE FROM outbox.inbox WHERE (consumer, message_id) IN ( \
+                 SELECT consumer, message_id FROM outbox.inbox \
+                 WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
+            retention,
+            batch,
+        )
+        .await
+    }
+
+    /// Runs `statement` (a DELETE of at most `$2` rows older than `$1`
+    /// seconds) until it deletes fewer than `batch`, so no statement holds
+    /// its locks for long. Returns the total deleted.
+    async fn delete_in_batches(
+        &self,
+        statement: &'static str,
+        retention: Duration,
+        batch: i64,
+    ) -> Result<u64> {
         let mut total = 0;
         loop {
-            let deleted = sqlx::query(
-                "DELETE FROM outbox.inbox WHERE (consumer, message_id) IN ( \
-                     SELECT consumer, message_id FROM outbox.inbox \
-                     WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
-            )
-            .bind(retention.as_secs_f64())
-            .bind(batch)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let deleted = sqlx::query(statement)
+                .bind(retention.as_secs_f64())
+                .bind(batch)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
             total += deleted;
             if deleted < batch as u64 {
                 return Ok(total);

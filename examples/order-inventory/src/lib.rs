@@ -97,6 +97,17 @@ pub fn consumer(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Strea
     Ok(c)
 }
 
+/// A consumer's counters as the services' `/stats` endpoints report them.
+pub fn stats_json(s: &outbox::kafka::ConsumerStats) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    serde_json::json!({
+        "processed": s.processed.load(Relaxed),
+        "duplicates": s.duplicates.load(Relaxed),
+        "parked": s.parked.load(Relaxed),
+        "retries": s.retries.load(Relaxed),
+    })
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

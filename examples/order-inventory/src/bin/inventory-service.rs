@@ -3,7 +3,6 @@
 //! is short) and writes its reply to its own outbox.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -78,13 +77,7 @@ async fn stock(State(app): State<App>) -> Json<serde_json::Value> {
 }
 
 async fn stats(State(app): State<App>) -> Json<serde_json::Value> {
-    let s = &app.stats;
-    Json(serde_json::json!({
-        "processed": s.processed.load(Ordering::Relaxed),
-        "duplicates": s.duplicates.load(Ordering::Relaxed),
-        "parked": s.parked.load(Ordering::Relaxed),
-        "retries": s.retries.load(Ordering::Relaxed),
-    }))
+    Json(stats_json(&app.stats))
 }
 
 /// Step 2 on the inventory side.

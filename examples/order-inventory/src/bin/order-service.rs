@@ -4,7 +4,6 @@
 //! through the inbox.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,13 +163,7 @@ async fn get_order(
 }
 
 async fn stats(State(app): State<App>) -> Json<serde_json::Value> {
-    let s = &app.stats;
-    Json(serde_json::json!({
-        "processed": s.processed.load(Ordering::Relaxed),
-        "duplicates": s.duplicates.load(Ordering::Relaxed),
-        "parked": s.parked.load(Ordering::Relaxed),
-        "retries": s.retries.load(Ordering::Relaxed),
-    }))
+    Json(stats_json(&app.stats))
 }
 
 /// Step 3 and 4 on the order side: the inventory's decision confirms the
