@@ -105,9 +105,13 @@ pub struct Settings {
     #[serde(default, rename = "kafka")]
     pub kafka_table: BTreeMap<String, toml::Value>,
 
-    /// Messages fetched, published and marked together (1..=10000). [default: 500]
+    /// Messages fetched, published and marked together (1..=10000). [default: 1000]
     #[arg(long, global = true, env = "OUTBOX_BATCH_SIZE")]
     pub batch_size: Option<usize>,
+
+    /// Batches on the wire at once, awaiting their acknowledgements (1..=32). [default: 4]
+    #[arg(long, global = true, env = "OUTBOX_IN_FLIGHT")]
+    pub in_flight: Option<usize>,
 
     /// Longest an idle relay waits before looking again. [default: 1s]
     #[arg(long, global = true, env = "OUTBOX_POLL_INTERVAL", value_parser = humantime::parse_duration)]
@@ -147,7 +151,7 @@ pub struct Settings {
     pub sweep_schedule: Option<String>,
 
     /// How long published messages are kept before the sweeper deletes
-    /// them. [default: 7days]
+    /// them; 0s deletes each as soon as it is acknowledged. [default: 0s]
     #[arg(long, global = true, env = "OUTBOX_RETENTION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub retention: Option<Duration>,
@@ -206,6 +210,7 @@ impl Settings {
         }
         take!(brokers => c.brokers);
         take!(batch_size => c.batch_size);
+        take!(in_flight => c.in_flight);
         take!(poll_interval => c.poll_interval);
         take!(lease => c.lease);
         take!(sweep_schedule => c.sweep_schedule);

@@ -80,6 +80,13 @@ impl ShardLeases {
         }
     }
 
+    /// Whether [`maintain`](Self::maintain) would renew now. Renewing may
+    /// give shards back, so the caller first lets every message it has in
+    /// flight be acknowledged.
+    pub fn renewal_due(&self) -> bool {
+        Instant::now() >= self.next_renewal
+    }
+
     /// When the next renewal is due.
     pub fn next_renewal(&self) -> Instant {
         self.next_renewal

@@ -162,6 +162,7 @@ pub async fn run(
         brokers = %config.brokers,
         http = %http_addr,
         batch_size = config.batch_size,
+        in_flight = config.in_flight,
         wakeup = ?config.wakeup,
         "relay started"
     );
@@ -175,6 +176,7 @@ pub async fn run(
     let waker = wake::Waker::new(pool.clone(), config.wakeup == Wakeup::Notify);
     let settings = relay::LoopSettings {
         batch_size: config.batch_size,
+        in_flight: config.in_flight,
         poll_interval: config.poll_interval,
         lease_margin: message_timeout + Duration::from_secs(1),
         retry: config.retry,

@@ -69,33 +69,47 @@ impl Publisher {
     }
 
     /// Sends every message of `batch` in order and waits for every delivery
-    /// report. Returns one outcome per message, in batch order.
-    ///
-    /// A key's messages are sent together only while they go to the same
-    /// topic (so the same partition, where the idempotent producer keeps
-    /// their order); a later message of the key for another topic is
-    /// [`Outcome::Held`] for the next batch, which starts only after every
-    /// delivery report of this one, so it cannot overtake an earlier
-    /// message that is slow or fails. When a message fails before it could
-    /// be sent, the later messages of its key are held too.
+    /// report. Returns one outcome per message, in batch order. The same
+    /// as [`send_batch`](Self::send_batch) with nothing else in flight,
+    /// then [`Sending::outcomes`].
     pub async fn publish(&self, batch: &[PendingMessage]) -> Vec<Outcome> {
+        let mut in_flight = KeyTopics::default();
+        let sending = self.send_batch(batch, &mut in_flight).await;
+        sending.outcomes().await
+    }
+
+    /// Hands every message of `batch` to librdkafka, in order, without
+    /// waiting for the broker; [`Sending::outcomes`] waits for the reports.
+    ///
+    /// A key's messages are sent only while they go to the same topic as
+    /// its messages still in flight, in this batch or an earlier one (same
+    /// partition, where the idempotent producer keeps their order); a later
+    /// message of the key for another topic is [`Outcome::Held`] until the
+    /// earlier ones are acknowledged. When a message fails before it could
+    /// be sent, the later messages of its key in the batch are held too.
+    /// `in_flight` gains the keys sent here; the caller removes them with
+    /// [`KeyTopics::release`] once the batch's reports are in.
+    pub async fn send_batch(&self, batch: &[PendingMessage], in_flight: &mut KeyTopics) -> Sending {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut deliveries = Vec::with_capacity(batch.len());
         let mut failed_keys: HashSet<&[u8]> = HashSet::new();
-        let mut key_topics: HashMap<&[u8], &str> = HashMap::new();
 
         for (i, m) in batch.iter().enumerate() {
             if let Some(key) = m.key.as_deref() {
-                let first_topic = *key_topics.entry(key).or_insert(m.topic.as_str());
-                if failed_keys.contains(key) || first_topic != m.topic {
-                    // Hold the rest of this key for the next batch.
+                if failed_keys.contains(key) || !in_flight.may_send(key, &m.topic) {
+                    // Hold the rest of this key for a later batch.
                     failed_keys.insert(key);
                     outcomes[i] = Some(Outcome::Held);
                     continue;
                 }
             }
             match self.send(m).await {
-                Ok(delivery) => deliveries.push((i, delivery)),
+                Ok(delivery) => {
+                    if let Some(key) = m.key.as_deref() {
+                        in_flight.add(key, &m.topic);
+                    }
+                    deliveries.push((i, delivery));
+                }
                 Err(e) => {
                     if let Some(key) = m.key.as_deref() {
                         failed_keys.insert(key);
@@ -104,22 +118,10 @@ impl Publisher {
                 }
             }
         }
-
-        let (indexes, futures): (Vec<usize>, Vec<_>) = deliveries.into_iter().unzip();
-        for (i, report) in indexes.into_iter().zip(join_all(futures).await) {
-            outcomes[i] = Some(match report {
-                Ok(Ok(_)) => Outcome::Published,
-                Ok(Err((e, _))) => failed(&e),
-                Err(_canceled) => Outcome::Failed {
-                    error: "the producer dropped the delivery report".into(),
-                    permanent: false,
-                },
-            });
+        Sending {
+            outcomes,
+            deliveries,
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.expect("every message has an outcome"))
-            .collect()
     }
 
     /// Hands one message to librdkafka, waiting while its queue is full.
@@ -200,6 +202,101 @@ impl Publisher {
     /// A clone of the underlying producer, for health checks.
     pub fn producer(&self) -> FutureProducer {
         self.producer.clone()
+    }
+}
+
+/// A batch handed to librdkafka: the outcomes known at once (held, refused
+/// locally) and the delivery reports still to come.
+pub struct Sending {
+    outcomes: Vec<Option<Outcome>>,
+    deliveries: Vec<(usize, rdkafka::producer::DeliveryFuture)>,
+}
+
+impl Sending {
+    /// The messages (indexes into the batch) that reached the producer.
+    pub fn sent(&self) -> Vec<usize> {
+        self.deliveries.iter().map(|(i, _)| *i).collect()
+    }
+
+    /// The messages held or refused before they reached the producer:
+    /// known before the broker answers.
+    pub fn blocked_now(&self) -> impl Iterator<Item = usize> + '_ {
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.is_some())
+            .map(|(i, _)| i)
+    }
+
+    /// Waits for every delivery report; one outcome per message, in batch
+    /// order.
+    pub async fn outcomes(self) -> Vec<Outcome> {
+        let mut outcomes = self.outcomes;
+        let (indexes, futures): (Vec<usize>, Vec<_>) = self.deliveries.into_iter().unzip();
+        for (i, report) in indexes.into_iter().zip(join_all(futures).await) {
+            outcomes[i] = Some(match report {
+                Ok(Ok(_)) => Outcome::Published,
+                Ok(Err((e, _))) => failed(&e),
+                Err(_canceled) => Outcome::Failed {
+                    error: "the producer dropped the delivery report".into(),
+                    permanent: false,
+                },
+            });
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.expect("every message has an outcome"))
+            .collect()
+    }
+}
+
+/// The topic each key in flight is bound for, and how many of its
+/// messages are in flight: a key may only be sent to that topic until they
+/// are all acknowledged.
+#[derive(Debug, Default)]
+pub struct KeyTopics {
+    keys: HashMap<Vec<u8>, (String, usize)>,
+}
+
+impl KeyTopics {
+    /// Whether a message of `key` for `topic` may be sent now.
+    pub fn may_send(&self, key: &[u8], topic: &str) -> bool {
+        self.keys.get(key).map_or(true, |(t, _)| t == topic)
+    }
+
+    fn add(&mut self, key: &[u8], topic: &str) {
+        match self.keys.get_mut(key) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.keys.insert(key.to_vec(), (topic.to_owned(), 1));
+            }
+        }
+    }
+
+    /// Forgets the messages of `batch` at `sent` (see [`Sending::sent`])
+    /// once their reports are in.
+    pub fn release(&mut self, batch: &[PendingMessage], sent: &[usize]) {
+        for &i in sent {
+            let Some(key) = batch[i].key.as_deref() else {
+                continue;
+            };
+            if let Some((_, n)) = self.keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.keys.remove(key);
+                }
+            }
+        }
+    }
+
+    /// Number of keys in flight.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no key is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 }
 

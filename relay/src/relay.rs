@@ -1,12 +1,13 @@
 //! The publish loop: fetch a batch of the shards this relay holds, publish
 //! it, mark it, repeat; wait for a notification when there is nothing to do.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use outbox::{Failure, PendingMessage, RelayStore, RetryPolicy};
 
 use crate::lease::ShardLeases;
-use crate::publish::{Outcome, Publisher};
+use crate::publish::{KeyTopics, Outcome, Publisher};
 use crate::shutdown::Shutdown;
 use crate::wake::Waker;
 use tokio::task::JoinHandle;
@@ -23,6 +24,8 @@ const CURSOR_RESET: Duration = Duration::from_secs(10);
 pub struct LoopSettings {
     /// Messages per batch.
     pub batch_size: usize,
+    /// Batches sent and not yet acknowledged at once.
+    pub in_flight: usize,
     /// Longest idle wait.
     pub poll_interval: Duration,
     /// A batch is started only while the shard lease has more than this
@@ -37,17 +40,145 @@ pub struct LoopSettings {
     pub max_broker_pause: Duration,
 }
 
-/// Runs until `shutdown` fires, then finishes the batch in flight and
+/// A batch handed to the producer whose delivery reports are not all in.
+struct Flight {
+    batch: Vec<PendingMessage>,
+    /// Indexes of the messages that reached the producer.
+    sent: Vec<usize>,
+    /// Keys held or refused at send time: nothing of theirs may be fetched
+    /// until this batch is settled.
+    blocked_keys: Vec<Vec<u8>>,
+    /// The lowest held message, which the fetch cursor must not pass.
+    lowest_held: Option<i64>,
+    started: Instant,
+    reports: JoinHandle<Vec<Outcome>>,
+    /// The reports, once awaited elsewhere (a JoinHandle yields only once).
+    done: Option<Result<Vec<Outcome>, tokio::task::JoinError>>,
+}
+
+/// The batches in flight (oldest first) and the one being marked.
+struct Pipeline {
+    flights: VecDeque<Flight>,
+    marking: Option<(JoinHandle<()>, Exclusions)>,
+    key_topics: KeyTopics,
+    /// Bumped whenever a batch settles with a failed or held message, or
+    /// the pipeline drains: a batch fetched ahead before that may include
+    /// keys that must now wait.
+    generation: u64,
+}
+
+/// What a settled batch asks of the caller.
+struct Settled {
+    broker_unavailable: bool,
+    first_error: Option<String>,
+}
+
+impl Pipeline {
+    /// Seqs and keys the next fetch must leave out: every batch in flight
+    /// or being marked, the keys held or refused in them, and the keys that
+    /// failed in the batch being marked (until their backoff is recorded).
+    fn exclusions(&self) -> Exclusions {
+        let mut e = Exclusions::default();
+        if let Some((_, m)) = &self.marking {
+            e.seqs.extend_from_slice(&m.seqs);
+            e.keys.extend(m.keys.iter().cloned());
+        }
+        for f in &self.flights {
+            e.seqs.extend(f.batch.iter().map(|m| m.seq));
+            e.keys.extend(f.blocked_keys.iter().cloned());
+        }
+        e.keys.sort_unstable();
+        e.keys.dedup();
+        e
+    }
+
+    /// The highest seq the fetch cursor may stand at: just below the
+    /// lowest held message of any batch not yet settled.
+    fn cursor_limit(&self) -> Option<i64> {
+        let marking = self.marking.as_ref().and_then(|(_, e)| e.lowest_held);
+        self.flights
+            .iter()
+            .filter_map(|f| f.lowest_held)
+            .chain(marking)
+            .min()
+            .map(|held| held - 1)
+    }
+
+    /// Waits for the oldest batch's reports, then hands its results to a
+    /// marking task (after the previous one finished). `None` when nothing
+    /// is in flight.
+    async fn settle_oldest(
+        &mut self,
+        store: &RelayStore,
+        settings: &LoopSettings,
+        shutdown: &Shutdown,
+    ) -> Option<Settled> {
+        let flight = self.flights.pop_front()?;
+        let reports = match flight.done {
+            Some(done) => done,
+            None => flight.reports.await,
+        };
+        let outcomes = match reports {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::error!(error = %e, "delivery task failed; its messages will be published again");
+                self.key_topics.release(&flight.batch, &flight.sent);
+                return Some(Settled {
+                    broker_unavailable: false,
+                    first_error: None,
+                });
+            }
+        };
+        self.key_topics.release(&flight.batch, &flight.sent);
+        let report = Report::new(&flight.batch, &outcomes, &settings.retry);
+        if !report.blocked_keys.is_empty() || report.broker_unavailable {
+            self.generation += 1;
+        }
+        report.record_metrics(flight.started.elapsed());
+        let settled = Settled {
+            broker_unavailable: report.broker_unavailable,
+            first_error: report.first_error.clone(),
+        };
+        let exclusions = report.exclusions(&flight.batch, flight.lowest_held);
+        // At most one batch is being marked at a time.
+        finish(&mut self.marking).await;
+        let task = tokio::spawn(settle(
+            store.clone(),
+            report,
+            settings.keep_published,
+            shutdown.clone(),
+        ));
+        self.marking = Some((task, exclusions));
+        Some(settled)
+    }
+
+    /// Settles every batch in flight and waits for the marking.
+    async fn drain(&mut self, store: &RelayStore, settings: &LoopSettings, shutdown: &Shutdown) {
+        self.generation += 1;
+        while self
+            .settle_oldest(store, settings, shutdown)
+            .await
+            .is_some()
+        {}
+        finish(&mut self.marking).await;
+    }
+}
+
+/// Runs until `shutdown` fires, then finishes the batches in flight and
 /// returns `Ok`. Database and broker errors are logged and retried: the
 /// loop keeps going until told to stop. The one error returned is a fatal
 /// producer error, after which librdkafka's idempotent producer cannot go
 /// on: the relay must exit and be restarted (unmarked messages are then
 /// published again).
 ///
-/// Batches are pipelined: while batch N's results are written, batch N+1
-/// is fetched (leaving out N's messages and every key that failed in N)
-/// and published. N+1 is sent only after every delivery report of N came
-/// back, so the broker sees each key in order.
+/// Batches are pipelined: up to `in_flight` batches are on the wire while
+/// the next is fetched, and the oldest acknowledged batch is marked while
+/// all that goes on. Each fetch leaves out the batches not yet settled and
+/// every key held or failed in them. librdkafka's idempotent producer keeps
+/// each partition's records in the order they were handed to it, so a key
+/// (one topic, one partition) reaches the broker in order across batches;
+/// a key is not sent to a second topic while its messages to the first are
+/// in flight.
 pub async fn run(
     store: RelayStore,
     publisher: &Publisher,
@@ -57,7 +188,12 @@ pub async fn run(
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let mut broker_pause = Duration::ZERO;
-    let mut marking: Option<(JoinHandle<()>, Exclusions)> = None;
+    let mut pipe = Pipeline {
+        flights: VecDeque::new(),
+        marking: None,
+        key_topics: KeyTopics::default(),
+        generation: 0,
+    };
     // Where the next fetch starts (see RelayStore::fetch_pending); back to
     // 0 whenever the relay catches up, and at least every CURSOR_RESET while
     // it drains a backlog, so a late commit with a lower seq waits at most
@@ -65,12 +201,53 @@ pub async fn run(
     // walks every dead index entry until vacuum removes them.
     let mut cursor = 0_i64;
     let mut cursor_reset = Instant::now();
+    // A batch fetched ahead (the cursor it started from, and the result),
+    // valid only while no batch settled with a failure since (`generation`).
+    let mut next: Option<(i64, outbox::Result<Vec<PendingMessage>>)> = None;
+    let mut generation = 0_u64;
     waker.listen().await;
     while !shutdown.is_triggered() {
-        leases.maintain().await;
+        // Settle what the broker has answered; wait for the oldest batch
+        // when the pipeline is full.
+        while pipe
+            .flights
+            .front()
+            .is_some_and(|f| f.done.is_some() || f.reports.is_finished())
+            || pipe.flights.len() >= settings.in_flight
+        {
+            let settled = pipe.settle_oldest(&store, &settings, &shutdown).await;
+            if let Some(fatal) = publisher.fatal_error() {
+                pipe.drain(&store, &settings, &shutdown).await;
+                return Err(fatal);
+            }
+            if let Some(s) = settled.as_ref().filter(|s| s.broker_unavailable) {
+                pipe.drain(&store, &settings, &shutdown).await;
+                broker_pause = (broker_pause * 2).clamp(
+                    Duration::from_secs(1),
+                    MAX_BROKER_PAUSE.min(settings.max_broker_pause),
+                );
+                tracing::warn!(
+                    error = s.first_error.as_deref().unwrap_or(""),
+                    pause = %humantime::format_duration(broker_pause),
+                    "broker unavailable: no message of the batch was delivered; pausing"
+                );
+                idle(&mut shutdown, broker_pause).await;
+            } else if settled.is_some() {
+                broker_pause = Duration::ZERO;
+            }
+        }
+        if shutdown.is_triggered() {
+            break;
+        }
+        if leases.renewal_due() {
+            // A renewal may give shards back: nothing of theirs may be in
+            // flight when another relay takes them.
+            pipe.drain(&store, &settings, &shutdown).await;
+            leases.maintain().await;
+        }
         let shards = leases.usable(settings.lease_margin).to_vec();
         if shards.is_empty() {
-            finish(&mut marking).await;
+            pipe.drain(&store, &settings, &shutdown).await;
             let until_renewal = leases
                 .next_renewal()
                 .saturating_duration_since(Instant::now());
@@ -83,22 +260,29 @@ pub async fn run(
             cursor = 0;
             cursor_reset = started;
         }
-        let no_exclusions = Exclusions::default();
-        let exclude = marking.as_ref().map_or(&no_exclusions, |(_, e)| e);
-        let fetched = store
-            .fetch_pending(
-                &shards,
-                settings.batch_size as i64,
-                cursor,
-                &exclude.seqs,
-                &exclude.keys,
-            )
-            .await;
+        let fetched = match next.take() {
+            // Fetched while the previous batch was being sent, from where
+            // this fetch would start.
+            Some((from, fetched)) if from == cursor && pipe.generation == generation => fetched,
+            _ => {
+                let exclude = pipe.exclusions();
+                store
+                    .fetch_pending(
+                        &shards,
+                        settings.batch_size as i64,
+                        cursor,
+                        &exclude.seqs,
+                        &exclude.keys,
+                    )
+                    .await
+            }
+        };
+        generation = pipe.generation;
         let batch = match fetched {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch pending messages; retrying");
-                finish(&mut marking).await;
+                pipe.drain(&store, &settings, &shutdown).await;
                 idle(&mut shutdown, Duration::from_secs(1)).await;
                 continue;
             }
@@ -114,9 +298,19 @@ pub async fn run(
             }
         }
         if batch.is_empty() {
-            if marking.is_some() {
-                // The previous batch's keys may have more behind them.
-                finish(&mut marking).await;
+            if let Some(oldest) = pipe.flights.front_mut() {
+                // Nothing new: wait for the oldest batch's reports or a
+                // commit, whichever comes first.
+                tokio::select! {
+                    done = &mut oldest.reports => oldest.done = Some(done),
+                    _ = waker.wait(settings.poll_interval) => {}
+                    _ = shutdown.wait() => {}
+                }
+                continue;
+            }
+            if pipe.marking.is_some() {
+                // The marked batch's keys may have more behind them.
+                finish(&mut pipe.marking).await;
                 continue;
             }
             let wait = settings.poll_interval.min(
@@ -132,70 +326,68 @@ pub async fn run(
         }
 
         let fetch_time = started.elapsed();
-        let outcomes = publisher.publish(&batch).await;
-        let publish_time = started.elapsed() - fetch_time;
-        let report = Report::new(&batch, &outcomes, &settings.retry);
+        // When the batch is full there is likely more: fetch the next one
+        // while this one is handed to the producer (the database works
+        // while the relay formats records). It starts after this batch's
+        // last message and leaves out everything not yet settled; it is
+        // used only if this batch turns out to hold nothing back.
+        let (sending, prefetched) = if full {
+            let from = batch.last().map_or(0, |m| m.seq);
+            let exclude = pipe.exclusions();
+            let (prefetched, sending) = tokio::join!(
+                store.fetch_pending(
+                    &shards,
+                    settings.batch_size as i64,
+                    from,
+                    &exclude.seqs,
+                    &exclude.keys,
+                ),
+                publisher.send_batch(&batch, &mut pipe.key_topics)
+            );
+            (sending, Some((from, prefetched)))
+        } else {
+            (
+                publisher.send_batch(&batch, &mut pipe.key_topics).await,
+                None,
+            )
+        };
+        let blocked: Vec<usize> = sending.blocked_now().collect();
+        let lowest_held = blocked.first().map(|&i| batch[i].seq);
+        let mut blocked_keys: Vec<Vec<u8>> = blocked
+            .iter()
+            .filter_map(|&i| batch[i].key.clone())
+            .collect();
+        blocked_keys.sort_unstable();
+        blocked_keys.dedup();
         if full {
-            // Never move past a held message: nothing marks it as waiting,
-            // so only a fetch that sees it again keeps its key in order.
-            let held = batch
-                .iter()
-                .zip(&outcomes)
-                .find(|(_, o)| **o == Outcome::Held);
-            cursor = match held {
-                Some((m, _)) => m.seq - 1,
-                None => batch.last().map_or(0, |m| m.seq),
-            };
+            // Never move past a message held back or refused here (nor in
+            // any batch not yet settled): nothing marks it as waiting, so
+            // only a fetch that sees it again keeps its key in order.
+            let last = batch.last().map_or(0, |m| m.seq);
+            let here = lowest_held.map_or(last, |s| s - 1);
+            cursor = pipe.cursor_limit().map_or(here, |limit| here.min(limit));
         }
-        report.record_metrics(started.elapsed());
         tracing::trace!(
             messages = batch.len(),
             fetch_ms = fetch_time.as_secs_f64() * 1e3,
-            publish_ms = publish_time.as_secs_f64() * 1e3,
+            in_flight = pipe.flights.len() + 1,
             "batch sent"
         );
-        let broker_unavailable = report.broker_unavailable;
-        let first_error = report.first_error.clone();
-        if let Some(fatal) = publisher.fatal_error() {
-            finish(&mut marking).await;
-            settle(
-                store.clone(),
-                report,
-                settings.keep_published,
-                shutdown.clone(),
-            )
-            .await;
-            return Err(fatal);
+        if blocked.is_empty() {
+            next = prefetched;
         }
-
-        // At most one batch is being marked at a time.
-        finish(&mut marking).await;
-        let exclusions = report.exclusions(&batch);
-        let task = tokio::spawn(settle(
-            store.clone(),
-            report,
-            settings.keep_published,
-            shutdown.clone(),
-        ));
-        marking = Some((task, exclusions));
-
-        if broker_unavailable {
-            finish(&mut marking).await;
-            broker_pause = (broker_pause * 2).clamp(
-                Duration::from_secs(1),
-                MAX_BROKER_PAUSE.min(settings.max_broker_pause),
-            );
-            tracing::warn!(
-                error = first_error.as_deref().unwrap_or(""),
-                pause = %humantime::format_duration(broker_pause),
-                "broker unavailable: no message of the batch was delivered; pausing"
-            );
-            idle(&mut shutdown, broker_pause).await;
-        } else {
-            broker_pause = Duration::ZERO;
-        }
+        let sent = sending.sent();
+        pipe.flights.push_back(Flight {
+            batch,
+            sent,
+            blocked_keys,
+            lowest_held,
+            started,
+            reports: tokio::spawn(sending.outcomes()),
+            done: None,
+        });
     }
-    finish(&mut marking).await;
+    pipe.drain(&store, &settings, &shutdown).await;
     Ok(())
 }
 
@@ -204,6 +396,8 @@ pub async fn run(
 struct Exclusions {
     seqs: Vec<i64>,
     keys: Vec<Vec<u8>>,
+    /// The batch's lowest held message, if any.
+    lowest_held: Option<i64>,
 }
 
 /// Waits for the batch being marked, if any.
@@ -280,13 +474,14 @@ impl Report {
     }
 
     /// The batch's messages, and the keys that failed or were held back.
-    fn exclusions(&self, batch: &[PendingMessage]) -> Exclusions {
+    fn exclusions(&self, batch: &[PendingMessage], lowest_held: Option<i64>) -> Exclusions {
         let mut keys: Vec<Vec<u8>> = self.blocked_keys.clone();
         keys.sort_unstable();
         keys.dedup();
         Exclusions {
             seqs: batch.iter().map(|m| m.seq).collect(),
             keys,
+            lowest_held,
         }
     }
 
@@ -443,7 +638,7 @@ mod tests {
             failed(false),
         ];
         let r = Report::new(&batch, &outcomes, &RetryPolicy::default());
-        let e = r.exclusions(&batch);
+        let e = r.exclusions(&batch, None);
         assert_eq!(e.seqs, vec![1, 2, 3, 4]);
         assert_eq!(e.keys, vec![b"a".to_vec(), b"c".to_vec()]);
     }
