@@ -34,6 +34,10 @@ pub struct Profile {
     pub relay_cpu_seconds: f64,
     /// Sampled wall time, seconds.
     pub wall_seconds: f64,
+    /// Busy CPU time of the whole machine (every process: relay, database,
+    /// broker) over the sampled wall time, in cores, and the cores there are.
+    pub machine_busy_cores: f64,
+    pub machine_cores: usize,
 }
 
 impl Profile {
@@ -57,6 +61,14 @@ impl Profile {
             out.push(format!(
                 "relay CPU {:.0}% of a core",
                 100.0 * self.relay_cpu_seconds / self.wall_seconds
+            ));
+        }
+        if self.machine_cores > 0 {
+            out.push(format!(
+                "machine CPU {:.0}% busy ({:.2} of {} cores)",
+                100.0 * self.machine_busy_cores / self.machine_cores as f64,
+                self.machine_busy_cores,
+                self.machine_cores
             ));
         }
         out.join(" · ")
@@ -90,6 +102,7 @@ impl Sampler {
 async fn sample(pool: PgPool, relay_pid: u32, stop: Arc<AtomicBool>) -> Result<Profile> {
     let mut conn = pool.acquire().await?;
     let cpu_start = cpu_seconds(relay_pid);
+    let machine_start = machine_ticks();
     let started = Instant::now();
     let mut samples = 0u64;
     let mut statements: BTreeMap<String, u64> = BTreeMap::new();
@@ -127,6 +140,13 @@ async fn sample(pool: PgPool, relay_pid: u32, stop: Arc<AtomicBool>) -> Result<P
             }
         }
     }
+    let machine = match (machine_start, machine_ticks()) {
+        (Some((busy_a, total_a)), Some((busy_b, total_b))) if total_b > total_a => {
+            (busy_b - busy_a) as f64 / (total_b - total_a) as f64
+        }
+        _ => 0.0,
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let n = samples.max(1) as f64;
     let share = |m: BTreeMap<String, u64>| m.into_iter().map(|(k, v)| (k, v as f64 / n)).collect();
     Ok(Profile {
@@ -139,6 +159,8 @@ async fn sample(pool: PgPool, relay_pid: u32, stop: Arc<AtomicBool>) -> Result<P
             _ => 0.0,
         },
         wall_seconds: started.elapsed().as_secs_f64(),
+        machine_busy_cores: machine * cores as f64,
+        machine_cores: cores,
     })
 }
 
@@ -150,6 +172,7 @@ fn classify(query: &str) -> String {
         "fetch"
     } else if (q.starts_with("UPDATE outbox.message") && has("published_at = now()"))
         || q.starts_with("WITH deleted AS")
+        || (q.starts_with("DELETE FROM outbox.message") && has("seq = ANY($1)"))
     {
         "mark"
     } else if q.starts_with("UPDATE outbox.message m") && has("attempts") {
@@ -164,6 +187,21 @@ fn classify(query: &str) -> String {
         return q.chars().take(40).collect();
     };
     name.to_owned()
+}
+
+/// (busy, total) jiffies of all CPUs since boot, from /proc/stat; busy is
+/// everything but idle and iowait.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user)
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
 }
 
 /// utime + stime of process `pid`, in seconds (assumes 100 ticks/s, the
@@ -195,7 +233,23 @@ mod tests {
             super::classify("WITH deleted AS ( DELETE FROM outbox.message WHERE seq = ANY($1))"),
             "mark"
         );
+        assert_eq!(
+            super::classify(
+                "DELETE FROM outbox.message WHERE seq = ANY($1) AND status = 'pending'"
+            ),
+            "mark"
+        );
+        assert_eq!(
+            super::classify("DELETE FROM outbox.message WHERE seq IN (SELECT seq FROM outbox.message WHERE published_at < now())"),
+            "sweep delete"
+        );
         assert_eq!(super::classify("SELECT 1"), "SELECT 1");
+    }
+
+    #[test]
+    fn reads_machine_cpu_time() {
+        let (busy, total) = super::machine_ticks().expect("/proc/stat");
+        assert!(busy <= total && total > 0);
     }
 
     #[test]

@@ -245,12 +245,16 @@ pub struct OverheadResult {
     pub with_outbox_rate: f64,
     /// alone / with outbox: how much slower the outbox makes the write.
     pub ratio: f64,
-    /// Diagnostic: with the outbox message but the NOTIFY trigger
-    /// disabled, to tell the commit-time notification's share of the
-    /// overhead from the insert's.
-    pub without_notify_tx: u64,
-    pub without_notify_rate: f64,
-    pub without_notify_ratio: f64,
+    /// Diagnostic: with the outbox message while a relay waits for work,
+    /// so every commit notifies (the worst case for writers).
+    pub waiting_tx: u64,
+    pub waiting_rate: f64,
+    pub waiting_ratio: f64,
+    /// Floor: the order plus a second INSERT of the same width into a
+    /// table with only a primary key: what any second statement costs.
+    pub floor_tx: u64,
+    pub floor_rate: f64,
+    pub floor_ratio: f64,
 }
 
 pub async fn overhead(ctx: &Ctx, clients: usize, secs: f64) -> Result<OverheadResult> {
@@ -263,20 +267,43 @@ pub async fn overhead(ctx: &Ctx, clients: usize, secs: f64) -> Result<OverheadRe
     result
 }
 
-async fn set_notify_trigger(db: &Db, enabled: bool) -> Result<()> {
-    let verb = if enabled { "ENABLE" } else { "DISABLE" };
-    sqlx::query(&format!(
-        "ALTER TABLE outbox.message {verb} TRIGGER message_notify"
-    ))
-    .execute(&db.pool)
-    .await?;
+/// Registers (or removes) a relay that waits for work, as an idle relay in
+/// `--wakeup notify` mode does: while it is there, every insert notifies.
+async fn set_relay_waiting(db: &Db, waiting: bool) -> Result<()> {
+    let id = uuid::Uuid::nil();
+    if waiting {
+        sqlx::query("INSERT INTO outbox.relay (id, name, waiting) VALUES ($1, 'bench', true)")
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+    } else {
+        sqlx::query("DELETE FROM outbox.relay WHERE id = $1")
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+    }
     Ok(())
+}
+
+/// What each client's transaction writes besides its order row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Extra {
+    Nothing,
+    OutboxMessage,
+    PlainRow,
 }
 
 async fn overhead_in(ctx: &Ctx, db: &Db, clients: usize, secs: f64) -> Result<OverheadResult> {
     sqlx::query(
         "CREATE TABLE bench_order (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
          customer bigint NOT NULL, sku text NOT NULL, qty int NOT NULL, \
+         created_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "CREATE TABLE bench_plain (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+         topic text NOT NULL, msg_key bytea, payload bytea, \
          created_at timestamptz NOT NULL DEFAULT now())",
     )
     .execute(&db.pool)
@@ -288,18 +315,26 @@ async fn overhead_in(ctx: &Ctx, db: &Db, clients: usize, secs: f64) -> Result<Ov
     let slice = Duration::from_secs_f64(secs / rounds as f64);
     // Warm up (connections, prepared statements, caches).
     let warm = Duration::from_secs_f64((secs / 10.0).clamp(0.2, 1.0));
-    write_load(db, &topic, clients, false, warm).await?;
-    write_load(db, &topic, clients, true, warm).await?;
-    // [alone, with outbox, with outbox but no NOTIFY]: (transactions, seconds)
-    let mut totals = [(0u64, 0f64); 3];
+    for extra in [Extra::Nothing, Extra::OutboxMessage, Extra::PlainRow] {
+        write_load(db, &topic, clients, extra, warm).await?;
+    }
+    // [alone, with outbox, with outbox while a relay waits, plain second row]:
+    // (transactions, seconds)
+    let variants = [
+        (Extra::Nothing, false),
+        (Extra::OutboxMessage, false),
+        (Extra::OutboxMessage, true),
+        (Extra::PlainRow, false),
+    ];
+    let mut totals = [(0u64, 0f64); 4];
     for _ in 0..rounds {
-        for (variant, total) in totals.iter_mut().enumerate() {
-            if variant == 2 {
-                set_notify_trigger(db, false).await?;
+        for ((extra, waiting), total) in variants.iter().zip(totals.iter_mut()) {
+            if *waiting {
+                set_relay_waiting(db, true).await?;
             }
-            let (n, t) = write_load(db, &topic, clients, variant > 0, slice).await?;
-            if variant == 2 {
-                set_notify_trigger(db, true).await?;
+            let (n, t) = write_load(db, &topic, clients, *extra, slice).await?;
+            if *waiting {
+                set_relay_waiting(db, false).await?;
             }
             total.0 += n;
             total.1 += t;
@@ -311,12 +346,12 @@ async fn overhead_in(ctx: &Ctx, db: &Db, clients: usize, secs: f64) -> Result<Ov
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_order")
         .fetch_one(&db.pool)
         .await?;
-    let [alone, with, without_notify] = totals;
+    let [alone, with, waiting, floor] = totals;
     // Every committed transaction wrote its order, and its message when it
     // had one (the warm-up wrote some more of both).
     ensure!(
-        outbox_rows >= (with.0 + without_notify.0) as i64
-            && orders >= (alone.0 + with.0 + without_notify.0) as i64,
+        outbox_rows >= (with.0 + waiting.0) as i64
+            && orders >= (alone.0 + with.0 + waiting.0 + floor.0) as i64,
         "write overhead: {outbox_rows} messages and {orders} orders for {totals:?} transactions"
     );
     let rate = |(n, t): (u64, f64)| n as f64 / t;
@@ -329,26 +364,35 @@ async fn overhead_in(ctx: &Ctx, db: &Db, clients: usize, secs: f64) -> Result<Ov
         alone_rate: rate(alone),
         with_outbox_rate: rate(with),
         ratio: rate(alone) / rate(with),
-        without_notify_tx: without_notify.0,
-        without_notify_rate: rate(without_notify),
-        without_notify_ratio: rate(alone) / rate(without_notify),
+        waiting_tx: waiting.0,
+        waiting_rate: rate(waiting),
+        waiting_ratio: rate(alone) / rate(waiting),
+        floor_tx: floor.0,
+        floor_rate: rate(floor),
+        floor_ratio: rate(alone) / rate(floor),
     };
     progress(format!(
-        "write overhead: {:.0} tx/s alone, {:.0} tx/s with the outbox (ratio {:.3}), \
-         {:.0} tx/s with the outbox minus NOTIFY (ratio {:.3})",
-        r.alone_rate, r.with_outbox_rate, r.ratio, r.without_notify_rate, r.without_notify_ratio
+        "write overhead: {:.0} tx/s alone, {:.0} with the outbox (ratio {:.3}), \
+         {:.0} while a relay waits (ratio {:.3}), {:.0} with a plain second row (ratio {:.3})",
+        r.alone_rate,
+        r.with_outbox_rate,
+        r.ratio,
+        r.waiting_rate,
+        r.waiting_ratio,
+        r.floor_rate,
+        r.floor_ratio
     ));
     Ok(r)
 }
 
 /// `clients` connections commit business transactions (one order row,
-/// plus one outbox message when `with_outbox`) back to back for `d`.
-/// Returns the transactions committed and the seconds it took.
+/// plus `extra`) back to back for `d`. Returns the transactions committed
+/// and the seconds it took.
 async fn write_load(
     db: &Db,
     topic: &str,
     clients: usize,
-    with_outbox: bool,
+    extra: Extra,
     d: Duration,
 ) -> Result<(u64, f64)> {
     let committed = Arc::new(AtomicU64::new(0));
@@ -370,13 +414,26 @@ async fn write_load(
                     .bind(1 + (i % 5) as i32)
                     .execute(&mut *tx)
                     .await?;
-                if with_outbox {
-                    outbox
-                        .enqueue(
-                            &mut *tx,
-                            Message::new(&topic, workload::payload(i)).key(workload::key(i)),
+                match extra {
+                    Extra::Nothing => {}
+                    Extra::OutboxMessage => {
+                        outbox
+                            .enqueue(
+                                &mut *tx,
+                                Message::new(&topic, workload::payload(i)).key(workload::key(i)),
+                            )
+                            .await?;
+                    }
+                    Extra::PlainRow => {
+                        sqlx::query(
+                            "INSERT INTO bench_plain (topic, msg_key, payload) VALUES ($1, $2, $3)",
                         )
+                        .bind(&topic)
+                        .bind(workload::key(i).into_bytes())
+                        .bind(workload::payload(i).into_bytes())
+                        .execute(&mut *tx)
                         .await?;
+                    }
                 }
                 tx.commit().await?;
                 committed.fetch_add(1, Ordering::Relaxed);

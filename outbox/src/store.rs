@@ -167,6 +167,20 @@ impl RelayStore {
         Ok(held)
     }
 
+    /// Marks relay `relay` as waiting for work, or as busy. While any live
+    /// relay waits, every insert into `outbox.message` notifies the
+    /// `outbox_message` channel at commit; while none does, inserts do not
+    /// notify at all (a notifying commit holds a database-wide lock until
+    /// it is flushed, so notifying writers commit one at a time).
+    pub async fn set_waiting(&self, relay: Uuid, waiting: bool) -> Result<()> {
+        sqlx::query("UPDATE outbox.relay SET waiting = $2 WHERE id = $1")
+            .bind(relay)
+            .bind(waiting)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Gives back every shard `relay` holds and forgets the relay, so other
     /// relays take over at once instead of waiting for the leases to expire.
     pub async fn release_shards(&self, relay: Uuid) -> Result<()> {

@@ -87,6 +87,11 @@ impl ShardLeases {
         Instant::now() >= self.next_renewal
     }
 
+    /// The relay these leases belong to.
+    pub fn relay_id(&self) -> Uuid {
+        self.relay
+    }
+
     /// When the next renewal is due.
     pub fn next_renewal(&self) -> Instant {
         self.next_renewal

@@ -205,6 +205,11 @@ pub async fn run(
     // valid only while no batch settled with a failure since (`generation`).
     let mut next: Option<(i64, outbox::Result<Vec<PendingMessage>>)> = None;
     let mut generation = 0_u64;
+    // Whether this relay's row says it waits for work, so that inserts
+    // notify (see RelayStore::set_waiting). Set when it runs out of work,
+    // cleared when it falls a full batch behind: a busy relay needs no
+    // wake-up, and writers that notify commit one at a time.
+    let mut waiting = false;
     waker.listen().await;
     while !shutdown.is_triggered() {
         // Settle what the broker has answered; wait for the oldest batch
@@ -313,6 +318,14 @@ pub async fn run(
                 finish(&mut pipe.marking).await;
                 continue;
             }
+            if waker.listens() && !waiting {
+                if let Err(e) = store.set_waiting(leases.relay_id(), true).await {
+                    tracing::warn!(error = %e, "cannot ask for wake-up notifications; polling");
+                }
+                waiting = true;
+                // One more look: a commit from before this did not notify.
+                continue;
+            }
             let wait = settings.poll_interval.min(
                 leases
                     .next_renewal()
@@ -325,6 +338,12 @@ pub async fn run(
             continue;
         }
 
+        if full && waiting {
+            if let Err(e) = store.set_waiting(leases.relay_id(), false).await {
+                tracing::debug!(error = %e, "cannot stop wake-up notifications");
+            }
+            waiting = false;
+        }
         let fetch_time = started.elapsed();
         // When the batch is full there is likely more: fetch the next one
         // while this one is handed to the producer (the database works

@@ -27,6 +27,11 @@ impl Waker {
         }
     }
 
+    /// Whether this waker listens for notifications (`--wakeup notify`).
+    pub fn listens(&self) -> bool {
+        self.enabled
+    }
+
     /// Starts listening now, so a commit between this call and the next
     /// [`wait`](Self::wait) is not missed.
     pub async fn listen(&mut self) {

@@ -581,6 +581,11 @@ pub fn relay_command(database_url: &str, brokers: &str, extra: &[&str]) -> Comma
         .args(["--brokers", brokers])
         .args(["--http-listen", "127.0.0.1:0"])
         .args(extra);
+    if !extra.contains(&"--retention") {
+        // Most tests look at the published rows (when, by which relay), so
+        // they keep them; the default deletes them on acknowledgement.
+        cmd.args(["--retention", "1h"]);
+    }
     isolate_env(&mut cmd);
     cmd
 }
