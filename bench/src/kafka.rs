@@ -138,6 +138,7 @@ fn producer_config(brokers: &str) -> ClientConfig {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
+        .set("linger.ms", "1")
         .set("partitioner", "murmur2_random");
     c
 }

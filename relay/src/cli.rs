@@ -89,7 +89,7 @@ pub struct Settings {
 
     /// A librdkafka producer setting KEY=VALUE, applied over the relay's
     /// defaults (enable.idempotence=true, acks=all, message.timeout.ms=10000,
-    /// linger.ms=5, partitioner=murmur2_random). Repeatable; in the env,
+    /// linger.ms=1, partitioner=murmur2_random). Repeatable; in the env,
     /// comma-separated; in the file, a [kafka] table.
     #[arg(
         long = "kafka",

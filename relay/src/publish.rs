@@ -57,7 +57,10 @@ impl Publisher {
                 "message.timeout.ms",
                 DEFAULT_MESSAGE_TIMEOUT.as_millis().to_string(),
             )
-            .set("linger.ms", "5")
+            // Batches form anyway under load (up to --in-flight batches
+            // wait for acknowledgements); a longer linger only adds
+            // latency when the load is light.
+            .set("linger.ms", "1")
             // The Java client's partitioner, so keys land on the same
             // partitions as from Kafka Connect, Debezium or Java services.
             .set("partitioner", "murmur2_random");

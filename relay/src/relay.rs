@@ -304,11 +304,13 @@ pub async fn run(
         }
         if batch.is_empty() {
             if let Some(oldest) = pipe.flights.front_mut() {
-                // Nothing new: wait for the oldest batch's reports or a
-                // commit, whichever comes first.
+                // Nothing new: look again when the oldest batch is
+                // acknowledged (a few milliseconds), not on every commit
+                // notification, so that commits arriving meanwhile go out
+                // together instead of as a stream of one-message batches,
+                // each with its own marking statement.
                 tokio::select! {
                     done = &mut oldest.reports => oldest.done = Some(done),
-                    _ = waker.wait(settings.poll_interval) => {}
                     _ = shutdown.wait() => {}
                 }
                 continue;
