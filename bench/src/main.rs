@@ -491,6 +491,7 @@ async fn run(args: Args) -> Result<Report> {
     // 4: latency, per rate: the broker alone, then the relay in both modes.
     if want(Scenario::Latency) {
         for &rate in &args.latency_rates {
+            ctx.server.checkpoint().await;
             let probe = run
                 .step(
                     &format!("broker_latency_{rate}"),
@@ -498,6 +499,7 @@ async fn run(args: Args) -> Result<Report> {
                 )
                 .await;
             for wakeup in ["notify", "poll"] {
+                ctx.server.checkpoint().await;
                 let Some(l) = run
                     .step(
                         &format!("latency_{wakeup}_{rate}"),

@@ -337,6 +337,40 @@ pub fn is_permanent(e: &KafkaError) -> bool {
 mod tests {
     use super::*;
 
+    fn msg(key: &str, topic: &str) -> PendingMessage {
+        PendingMessage {
+            seq: 1,
+            id: outbox::MessageId::new(),
+            topic: topic.into(),
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(vec![]),
+            header_names: vec![],
+            header_values: vec![],
+            message_type: None,
+            created_at: chrono::Utc::now(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_key_in_flight_to_one_topic_waits_before_another() {
+        let mut k = KeyTopics::default();
+        let first = [msg("a", "t1"), msg("a", "t1"), msg("b", "t2")];
+        for m in &first {
+            assert!(k.may_send(m.key.as_deref().unwrap(), &m.topic));
+            k.add(m.key.as_deref().unwrap(), &m.topic);
+        }
+        assert!(k.may_send(b"a", "t1"), "same topic: same partition, in order");
+        assert!(!k.may_send(b"a", "t2"), "another topic while t1 is in flight");
+        assert!(k.may_send(b"c", "t2"));
+        // One of a's two messages acknowledged: still in flight.
+        k.release(&first, &[0]);
+        assert!(!k.may_send(b"a", "t2"));
+        k.release(&first, &[1, 2]);
+        assert!(k.may_send(b"a", "t2"), "all acknowledged");
+        assert!(k.is_empty());
+    }
+
     #[test]
     fn classifies_errors() {
         let p = |c| is_permanent(&KafkaError::MessageProduction(c));

@@ -16,6 +16,9 @@ use tokio::task::JoinHandle;
 /// unavailable; pauses double from one second up to this.
 const MAX_BROKER_PAUSE: Duration = Duration::from_secs(30);
 
+/// Batches whose results are written at once.
+const MARKING: usize = 2;
+
 /// Longest a relay draining a backlog goes without looking below its
 /// cursor (see `run`).
 const CURSOR_RESET: Duration = Duration::from_secs(10);
@@ -59,7 +62,9 @@ struct Flight {
 /// The batches in flight (oldest first) and the one being marked.
 struct Pipeline {
     flights: VecDeque<Flight>,
-    marking: Option<(JoinHandle<()>, Exclusions)>,
+    /// Batches whose results are being written, oldest first (at most
+    /// [`MARKING`]).
+    marking: VecDeque<(JoinHandle<()>, Exclusions)>,
     key_topics: KeyTopics,
     /// Bumped whenever a batch settles with a failed or held message, or
     /// the pipeline drains: a batch fetched ahead before that may include
@@ -79,7 +84,7 @@ impl Pipeline {
     /// failed in the batch being marked (until their backoff is recorded).
     fn exclusions(&self) -> Exclusions {
         let mut e = Exclusions::default();
-        if let Some((_, m)) = &self.marking {
+        for (_, m) in &self.marking {
             e.seqs.extend_from_slice(&m.seqs);
             e.keys.extend(m.keys.iter().cloned());
         }
@@ -95,7 +100,7 @@ impl Pipeline {
     /// The highest seq the fetch cursor may stand at: just below the
     /// lowest held message of any batch not yet settled.
     fn cursor_limit(&self) -> Option<i64> {
-        let marking = self.marking.as_ref().and_then(|(_, e)| e.lowest_held);
+        let marking = self.marking.iter().filter_map(|(_, e)| e.lowest_held);
         self.flights
             .iter()
             .filter_map(|f| f.lowest_held)
@@ -140,15 +145,21 @@ impl Pipeline {
             first_error: report.first_error.clone(),
         };
         let exclusions = report.exclusions(&flight.batch, flight.lowest_held);
-        // At most one batch is being marked at a time.
-        finish(&mut self.marking).await;
+        // Two batches are marked at once at most: each mark is a statement
+        // and a commit (flush) of its own, which a second connection
+        // overlaps; more would only queue in the database.
+        while self.marking.front().is_some_and(|(t, _)| t.is_finished())
+            || self.marking.len() >= MARKING
+        {
+            finish(&mut self.marking).await;
+        }
         let task = tokio::spawn(settle(
             store.clone(),
             report,
             settings.keep_published,
             shutdown.clone(),
         ));
-        self.marking = Some((task, exclusions));
+        self.marking.push_back((task, exclusions));
         Some(settled)
     }
 
@@ -160,7 +171,9 @@ impl Pipeline {
             .await
             .is_some()
         {}
-        finish(&mut self.marking).await;
+        while !self.marking.is_empty() {
+            finish(&mut self.marking).await;
+        }
     }
 }
 
@@ -190,7 +203,7 @@ pub async fn run(
     let mut broker_pause = Duration::ZERO;
     let mut pipe = Pipeline {
         flights: VecDeque::new(),
-        marking: None,
+        marking: VecDeque::new(),
         key_topics: KeyTopics::default(),
         generation: 0,
     };
@@ -203,7 +216,7 @@ pub async fn run(
     let mut cursor_reset = Instant::now();
     // A batch fetched ahead (the cursor it started from, and the result),
     // valid only while no batch settled with a failure since (`generation`).
-    let mut next: Option<(i64, outbox::Result<Vec<PendingMessage>>)> = None;
+    let mut next: Option<(i64, JoinHandle<outbox::Result<Vec<PendingMessage>>>)> = None;
     let mut generation = 0_u64;
     // Whether this relay's row says it waits for work, so that inserts
     // notify (see RelayStore::set_waiting). Set when it runs out of work,
@@ -265,11 +278,21 @@ pub async fn run(
             cursor = 0;
             cursor_reset = started;
         }
-        let fetched = match next.take() {
+        let prefetched = match next.take() {
             // Fetched while the previous batch was being sent, from where
             // this fetch would start.
-            Some((from, fetched)) if from == cursor && pipe.generation == generation => fetched,
-            _ => {
+            Some((from, task)) if from == cursor && pipe.generation == generation => {
+                task.await.ok()
+            }
+            Some((_, task)) => {
+                task.abort();
+                None
+            }
+            None => None,
+        };
+        let fetched = match prefetched {
+            Some(fetched) => fetched,
+            None => {
                 let exclude = pipe.exclusions();
                 store
                     .fetch_pending(
@@ -315,7 +338,7 @@ pub async fn run(
                 }
                 continue;
             }
-            if pipe.marking.is_some() {
+            if !pipe.marking.is_empty() {
                 // The marked batch's keys may have more behind them.
                 finish(&mut pipe.marking).await;
                 continue;
@@ -355,17 +378,18 @@ pub async fn run(
         let (sending, prefetched) = if full {
             let from = batch.last().map_or(0, |m| m.seq);
             let exclude = pipe.exclusions();
-            let (prefetched, sending) = tokio::join!(
-                store.fetch_pending(
-                    &shards,
-                    settings.batch_size as i64,
-                    from,
-                    &exclude.seqs,
-                    &exclude.keys,
-                ),
-                publisher.send_batch(&batch, &mut pipe.key_topics)
-            );
-            (sending, Some((from, prefetched)))
+            // A task of its own, so decoding the rows runs on the other
+            // core while this one formats records.
+            let prefetch = {
+                let (store, shards, limit) = (store.clone(), shards.clone(), settings.batch_size);
+                tokio::spawn(async move {
+                    store
+                        .fetch_pending(&shards, limit as i64, from, &exclude.seqs, &exclude.keys)
+                        .await
+                })
+            };
+            let sending = publisher.send_batch(&batch, &mut pipe.key_topics).await;
+            (sending, Some((from, prefetch)))
         } else {
             (
                 publisher.send_batch(&batch, &mut pipe.key_topics).await,
@@ -394,8 +418,10 @@ pub async fn run(
             in_flight = pipe.flights.len() + 1,
             "batch sent"
         );
-        if blocked.is_empty() {
-            next = prefetched;
+        match prefetched {
+            Some(p) if blocked.is_empty() => next = Some(p),
+            Some((_, task)) => task.abort(),
+            None => {}
         }
         let sent = sending.sent();
         pipe.flights.push_back(Flight {
@@ -421,9 +447,9 @@ struct Exclusions {
     lowest_held: Option<i64>,
 }
 
-/// Waits for the batch being marked, if any.
-async fn finish(marking: &mut Option<(JoinHandle<()>, Exclusions)>) {
-    if let Some((task, _)) = marking.take() {
+/// Waits for the oldest batch being marked, if any.
+async fn finish(marking: &mut VecDeque<(JoinHandle<()>, Exclusions)>) {
+    if let Some((task, _)) = marking.pop_front() {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "marking task failed; its messages will be published again");
         }
