@@ -692,9 +692,11 @@ pub struct HealthResult {
     pub messages: u64,
     /// Backlog loaded, before the drain.
     pub loaded: Sizes,
-    /// Drained, published rows kept (default retention).
+    /// Drained: rows deleted on acknowledgement (the default retention),
+    /// their space not yet reclaimed.
     pub drained: Sizes,
-    /// After a relay with `--retention 0s` swept the published rows.
+    /// After the sweeper of a relay with `--retention 0s` ran (it deletes
+    /// what was kept; nothing here, with the default retention).
     pub swept: Sizes,
     /// After `VACUUM outbox.message`.
     pub vacuumed: Sizes,
@@ -702,6 +704,11 @@ pub struct HealthResult {
     pub refilled: Sizes,
     /// Refilled size over first-load size.
     pub growth: f64,
+    /// A second cycle: the refill drained, VACUUM, loaded again. Equal to
+    /// the first refill when the table stays bounded cycle after cycle.
+    pub refilled_again: Sizes,
+    /// Second refill over first-load size.
+    pub growth_again: f64,
     pub sweep_seconds: f64,
     pub relay_log: PathBuf,
 }
@@ -771,8 +778,22 @@ async fn health_in(
         .execute(&db.pool)
         .await?;
     let vacuumed = db::sizes(&db.pool).await?;
-    db::load(&db.pool, &ctx.topic("health-refill"), n, n).await?;
+    // A topic that exists: the second cycle publishes these.
+    let refill_topic = ctx.fresh_topic("health-refill").await?;
+    db::load(&db.pool, &refill_topic, n, n).await?;
     let refilled = db::sizes(&db.pool).await?;
+
+    progress("table health: a second cycle (drain, VACUUM, load)");
+    let (mut relay, _) =
+        Relay::start(&ctx.spec("notify", &[]), &db.url, &ctx.log("health_cycle2")).await?;
+    db::wait_drained(&db.pool, &mut relay, ctx.drain_timeout).await?;
+    relay.stop().await?;
+    sqlx::query("VACUUM outbox.message")
+        .execute(&db.pool)
+        .await?;
+    kafka::delete_topic(&ctx.brokers, &refill_topic).await;
+    db::load(&db.pool, &ctx.topic("health-refill-again"), 2 * n, n).await?;
+    let refilled_again = db::sizes(&db.pool).await?;
     let r = HealthResult {
         messages: n,
         loaded,
@@ -781,16 +802,20 @@ async fn health_in(
         vacuumed,
         refilled,
         growth: refilled.total_bytes as f64 / loaded.total_bytes as f64,
+        refilled_again,
+        growth_again: refilled_again.total_bytes as f64 / loaded.total_bytes as f64,
         sweep_seconds,
         relay_log,
     };
     progress(format!(
-        "table health: loaded {} MiB, drained {} MiB, swept {} MiB, vacuumed {} MiB, refilled {} MiB",
+        "table health: loaded {} MiB, drained {} MiB, swept {} MiB, vacuumed {} MiB, \
+         refilled {} MiB, refilled again after a second cycle {} MiB",
         loaded.total_bytes >> 20,
         drained.total_bytes >> 20,
         swept.total_bytes >> 20,
         vacuumed.total_bytes >> 20,
-        refilled.total_bytes >> 20
+        refilled.total_bytes >> 20,
+        refilled_again.total_bytes >> 20
     ));
     Ok(r)
 }

@@ -64,18 +64,23 @@ pub async fn connect(config: &RelayConfig) -> Result<PgPool> {
     // backlog (seconds per batch on a million rows), or read the whole
     // table to find the few delayed messages (it cannot estimate
     // `available_at > created_at`); these settings only make such plans a
-    // last resort for the relay's own connections.
+    // last resort for the relay's own connections. A plan that has to use
+    // one anyway (the small lease tables have no index to use) then costs
+    // above jit_above_cost, and compiling it took 20-70 ms per statement:
+    // JIT never pays for the relay's short statements, so it is off.
     let options = options.application_name("outbox-relay").options([
         ("enable_bitmapscan", "off"),
         ("enable_sort", "off"),
         ("enable_seqscan", "off"),
+        ("jit", "off"),
     ]);
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut wait = Duration::from_millis(200);
     loop {
-        // The loop, the LISTEN connection, the sweeper and /healthz.
+        // The loop's fetch and prefetch, up to four batches being marked,
+        // the LISTEN connection, the sweeper and /healthz.
         let pool = PgPoolOptions::new()
-            .max_connections(5)
+            .max_connections(9)
             .acquire_timeout(config.connect_timeout.max(Duration::from_secs(1)))
             .connect_with(options.clone())
             .await;

@@ -360,8 +360,14 @@ mod tests {
             assert!(k.may_send(m.key.as_deref().unwrap(), &m.topic));
             k.add(m.key.as_deref().unwrap(), &m.topic);
         }
-        assert!(k.may_send(b"a", "t1"), "same topic: same partition, in order");
-        assert!(!k.may_send(b"a", "t2"), "another topic while t1 is in flight");
+        assert!(
+            k.may_send(b"a", "t1"),
+            "same topic: same partition, in order"
+        );
+        assert!(
+            !k.may_send(b"a", "t2"),
+            "another topic while t1 is in flight"
+        );
         assert!(k.may_send(b"c", "t2"));
         // One of a's two messages acknowledged: still in flight.
         k.release(&first, &[0]);

@@ -16,8 +16,11 @@ use tokio::task::JoinHandle;
 /// unavailable; pauses double from one second up to this.
 const MAX_BROKER_PAUSE: Duration = Duration::from_secs(30);
 
-/// Batches whose results are written at once.
-const MARKING: usize = 2;
+/// Batches whose results are written at once. Each mark is a statement and
+/// a commit of its own, which other connections overlap; and a commit that
+/// waits on a slow WAL flush should hold up the publishing as little as
+/// possible.
+const MARKING: usize = 4;
 
 /// Longest a relay draining a backlog goes without looking below its
 /// cursor (see `run`).
@@ -145,9 +148,6 @@ impl Pipeline {
             first_error: report.first_error.clone(),
         };
         let exclusions = report.exclusions(&flight.batch, flight.lowest_held);
-        // Two batches are marked at once at most: each mark is a statement
-        // and a commit (flush) of its own, which a second connection
-        // overlaps; more would only queue in the database.
         while self.marking.front().is_some_and(|(t, _)| t.is_finished())
             || self.marking.len() >= MARKING
         {
@@ -338,9 +338,23 @@ pub async fn run(
                 }
                 continue;
             }
-            if !pipe.marking.is_empty() {
-                // The marked batch's keys may have more behind them.
-                finish(&mut pipe.marking).await;
+            if let Some((task, _)) = pipe.marking.front_mut() {
+                // The keys of a batch being marked may have more behind
+                // them: look again once it is marked, or on a commit,
+                // whichever comes first (a mark can wait on a slow WAL
+                // flush; new commits need not wait with it).
+                let mut marked = None;
+                tokio::select! {
+                    done = task => marked = Some(done),
+                    _ = waker.wait(settings.poll_interval) => {}
+                    _ = shutdown.wait() => {}
+                }
+                if let Some(done) = marked {
+                    pipe.marking.pop_front();
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "marking task failed; its messages will be published again");
+                    }
+                }
                 continue;
             }
             if waker.listens() && !waiting {
