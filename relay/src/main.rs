@@ -8,13 +8,6 @@ use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-// The relay allocates a few small buffers per message (rows, headers,
-// delivery reports); mimalloc serves them faster than glibc's malloc,
-// which the drain benchmark's profile showed at about a fifth of the
-// relay's CPU.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
