@@ -6,12 +6,14 @@
 -- insert, 16 writers committed at about a third of their rate without it.
 -- A relay that is busy publishing does not need waking, so it marks itself
 -- waiting only when it runs out of work (and unmarks itself when it falls
--- behind); only then do inserts notify.
-ALTER TABLE outbox.relay ADD COLUMN waiting boolean NOT NULL DEFAULT false;
+-- behind); only then do inserts notify. The mark lasts one shard lease and
+-- is renewed with it, so a relay killed while waiting stops costing
+-- writers a notification each within a lease.
+ALTER TABLE outbox.relay ADD COLUMN waiting_until timestamptz;
 
 CREATE OR REPLACE FUNCTION outbox.notify_message() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM outbox.relay WHERE waiting) THEN
+    IF EXISTS (SELECT 1 FROM outbox.relay WHERE waiting_until > now()) THEN
         PERFORM pg_notify('outbox_message', '');
     END IF;
     RETURN NULL;

@@ -272,10 +272,13 @@ pub async fn overhead(ctx: &Ctx, clients: usize, secs: f64) -> Result<OverheadRe
 async fn set_relay_waiting(db: &Db, waiting: bool) -> Result<()> {
     let id = uuid::Uuid::nil();
     if waiting {
-        sqlx::query("INSERT INTO outbox.relay (id, name, waiting) VALUES ($1, 'bench', true)")
-            .bind(id)
-            .execute(&db.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO outbox.relay (id, name, waiting_until) \
+             VALUES ($1, 'bench', now() + interval '1 hour')",
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await?;
     } else {
         sqlx::query("DELETE FROM outbox.relay WHERE id = $1")
             .bind(id)

@@ -106,11 +106,14 @@ impl RelayStore {
         let lease_secs = lease.as_secs_f64();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO outbox.relay (id, name) VALUES ($1, $2) \
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+            "INSERT INTO outbox.relay AS r (id, name) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), \
+                 waiting_until = CASE WHEN r.waiting_until IS NULL THEN NULL \
+                                      ELSE now() + make_interval(secs => $3) END",
         )
         .bind(relay)
         .bind(name)
+        .bind(lease_secs)
         .execute(&mut *tx)
         .await?;
         let live: i64 = sqlx::query_scalar(
@@ -167,17 +170,22 @@ impl RelayStore {
         Ok(held)
     }
 
-    /// Marks relay `relay` as waiting for work, or as busy. While any live
-    /// relay waits, every insert into `outbox.message` notifies the
-    /// `outbox_message` channel at commit; while none does, inserts do not
-    /// notify at all (a notifying commit holds a database-wide lock until
-    /// it is flushed, so notifying writers commit one at a time).
-    pub async fn set_waiting(&self, relay: Uuid, waiting: bool) -> Result<()> {
-        sqlx::query("UPDATE outbox.relay SET waiting = $2 WHERE id = $1")
-            .bind(relay)
-            .bind(waiting)
-            .execute(&self.pool)
-            .await?;
+    /// Marks relay `relay` as waiting for work for `lease` (renewed by
+    /// [`renew_shards`](Self::renew_shards) while it lasts), or as busy
+    /// (`None`). While any relay waits, every insert into `outbox.message`
+    /// notifies the `outbox_message` channel at commit; while none does,
+    /// inserts do not notify at all (a notifying commit holds a
+    /// database-wide lock until it is flushed, so notifying writers commit
+    /// one at a time).
+    pub async fn set_waiting(&self, relay: Uuid, lease: Option<Duration>) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox.relay \
+             SET waiting_until = now() + make_interval(secs => $2) WHERE id = $1",
+        )
+        .bind(relay)
+        .bind(lease.map(|l| l.as_secs_f64()))
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

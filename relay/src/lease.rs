@@ -87,6 +87,11 @@ impl ShardLeases {
         Instant::now() >= self.next_renewal
     }
 
+    /// How long a lease (and a renewal) lasts.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// The relay these leases belong to.
     pub fn relay_id(&self) -> Uuid {
         self.relay

@@ -358,7 +358,8 @@ pub async fn run(
                 continue;
             }
             if waker.listens() && !waiting {
-                if let Err(e) = store.set_waiting(leases.relay_id(), true).await {
+                let lease = Some(leases.lease());
+                if let Err(e) = store.set_waiting(leases.relay_id(), lease).await {
                     tracing::warn!(error = %e, "cannot ask for wake-up notifications; polling");
                 }
                 waiting = true;
@@ -378,7 +379,7 @@ pub async fn run(
         }
 
         if full && waiting {
-            if let Err(e) = store.set_waiting(leases.relay_id(), false).await {
+            if let Err(e) = store.set_waiting(leases.relay_id(), None).await {
                 tracing::debug!(error = %e, "cannot stop wake-up notifications");
             }
             waiting = false;
