@@ -24,26 +24,6 @@ fn relay_args() -> Vec<&'static str> {
     args
 }
 
-async fn enqueue(db: &TestDb, topic: &str, count: usize, tx_size: usize) -> Result<Vec<Uuid>> {
-    let outbox = Outbox::new();
-    let mut ids = Vec::new();
-    while ids.len() < count {
-        let mut tx = db.pool.begin().await?;
-        let batch = (0..tx_size.min(count - ids.len())).map(|i| {
-            Message::new(topic, format!("message {}", ids.len() + i)).key(format!("key-{}", i % 13))
-        });
-        ids.extend(
-            outbox
-                .enqueue_all(&mut *tx, batch)
-                .await?
-                .into_iter()
-                .map(|id| id.0),
-        );
-        tx.commit().await?;
-    }
-    Ok(ids)
-}
-
 async fn pending(db: &TestDb) -> Result<i64> {
     Ok(db
         .status_counts()
@@ -69,7 +49,7 @@ async fn relay_started_before_the_broker_delivers_once_it_is_up() -> Result<()> 
         &relay_args(),
     )?;
     let pid = relay.pid();
-    let ids = enqueue(&db, &topic, 300, 10).await?;
+    let ids = db.enqueue_numbered(&topic, 300, 10).await?;
     common::wait_for(
         "the relay to hold shards",
         Duration::from_secs(30),

@@ -284,23 +284,7 @@ async fn deleting_on_acknowledgement_loses_nothing() -> Result<()> {
     let broker = Broker::start_new("end_to_end-delete", Storage::Memory).await?;
     let topic = common::unique_topic("e2e-delete");
     broker.create_topic(&topic, 6).await?;
-    let outbox = Outbox::new();
-    let mut ids: Vec<Uuid> = Vec::with_capacity(N);
-    for chunk in 0..N / 100 {
-        let mut tx = db.pool.begin().await?;
-        let batch = (0..100).map(|i| {
-            let n = chunk * 100 + i;
-            Message::new(topic.clone(), n.to_string()).key(format!("k{}", n % 13))
-        });
-        ids.extend(
-            outbox
-                .enqueue_all(&mut *tx, batch)
-                .await?
-                .into_iter()
-                .map(|id| id.0),
-        );
-        tx.commit().await?;
-    }
+    let ids = db.enqueue_numbered(&topic, N, 100).await?;
     // Small batches, several in flight, so the pipeline is exercised.
     let relay = Relay::spawn(
         "end_to_end-delete-relay",

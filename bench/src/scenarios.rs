@@ -729,10 +729,7 @@ pub async fn health(ctx: &Ctx, n: u64, drained: Option<&Drained>) -> Result<Heal
         let topic = ctx.fresh_topic("health-load").await?;
         db::load(&db.pool, &topic, 0, n).await?;
         let loaded = db::sizes(&db.pool).await?;
-        let (mut relay, _) =
-            Relay::start(&ctx.spec("notify", &[]), &db.url, &ctx.log("health_drain")).await?;
-        db::wait_drained(&db.pool, &mut relay, ctx.drain_timeout).await?;
-        relay.stop().await?;
+        drain_with_relay(ctx, &db, "health_drain").await?;
         ctx.verify_on_broker(&topic, n, "table health").await?;
         kafka::delete_topic(&ctx.brokers, &topic).await;
         let drained = db::sizes(&db.pool).await?;
@@ -741,6 +738,13 @@ pub async fn health(ctx: &Ctx, n: u64, drained: Option<&Drained>) -> Result<Heal
     .await;
     ctx.server.drop_db(db).await;
     result
+}
+
+/// Runs a relay with the default settings until `db` has nothing pending.
+async fn drain_with_relay(ctx: &Ctx, db: &Db, log: &str) -> Result<()> {
+    let (mut relay, _) = Relay::start(&ctx.spec("notify", &[]), &db.url, &ctx.log(log)).await?;
+    db::wait_drained(&db.pool, &mut relay, ctx.drain_timeout).await?;
+    relay.stop().await
 }
 
 async fn health_in(
@@ -787,10 +791,7 @@ async fn health_in(
     let refilled = db::sizes(&db.pool).await?;
 
     progress("table health: a second cycle (drain, VACUUM, load)");
-    let (mut relay, _) =
-        Relay::start(&ctx.spec("notify", &[]), &db.url, &ctx.log("health_cycle2")).await?;
-    db::wait_drained(&db.pool, &mut relay, ctx.drain_timeout).await?;
-    relay.stop().await?;
+    drain_with_relay(ctx, db, "health_cycle2").await?;
     sqlx::query("VACUUM outbox.message")
         .execute(&db.pool)
         .await?;

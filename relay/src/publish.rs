@@ -292,11 +292,6 @@ impl KeyTopics {
         }
     }
 
-    /// Number of keys in flight.
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
     /// Whether no key is in flight.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -334,12 +329,13 @@ pub fn is_permanent(e: &KafkaError) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn msg(key: &str, topic: &str) -> PendingMessage {
+    /// A pending message for unit tests.
+    pub(crate) fn pending(seq: i64, key: &str, topic: &str, attempts: i32) -> PendingMessage {
         PendingMessage {
-            seq: 1,
+            seq,
             id: outbox::MessageId::new(),
             topic: topic.into(),
             key: Some(key.as_bytes().to_vec()),
@@ -348,8 +344,12 @@ mod tests {
             header_values: vec![],
             message_type: None,
             created_at: chrono::Utc::now(),
-            attempts: 0,
+            attempts,
         }
+    }
+
+    fn msg(key: &str, topic: &str) -> PendingMessage {
+        pending(1, key, topic, 0)
     }
 
     #[test]
@@ -375,6 +375,34 @@ mod tests {
         k.release(&first, &[1, 2]);
         assert!(k.may_send(b"a", "t2"), "all acknowledged");
         assert!(k.is_empty());
+    }
+
+    #[tokio::test]
+    async fn send_batch_holds_a_key_for_a_second_topic_until_the_first_is_acknowledged() {
+        // Nothing listens here: records are only queued, never delivered,
+        // so the first batch stays in flight.
+        let mut config = crate::config::RelayConfig::new("postgres://localhost/db");
+        config.brokers = "127.0.0.1:1".into();
+        let publisher = Publisher::new(&config).unwrap();
+        let mut in_flight = KeyTopics::default();
+
+        let first = [pending(1, "a", "t1", 0)];
+        let sending = publisher.send_batch(&first, &mut in_flight).await;
+        assert_eq!(sending.sent(), vec![0]);
+
+        let second = [
+            pending(2, "a", "t2", 0),
+            pending(3, "b", "t2", 0),
+            pending(4, "a", "t1", 0),
+        ];
+        let next = publisher.send_batch(&second, &mut in_flight).await;
+        // a→t2 is held, and so is a's later message (back to t1): it must
+        // not overtake the held one. b goes out.
+        assert_eq!(next.sent(), vec![1]);
+        assert_eq!(next.blocked_now().collect::<Vec<_>>(), vec![0, 2]);
+
+        in_flight.release(&first, &[0]);
+        assert!(in_flight.may_send(b"a", "t2"), "a's first message settled");
     }
 
     #[test]

@@ -351,9 +351,7 @@ pub async fn run(
                 }
                 if let Some(done) = marked {
                     pipe.marking.pop_front();
-                    if let Err(e) = done {
-                        tracing::error!(error = %e, "marking task failed; its messages will be published again");
-                    }
+                    log_marking_failure(done);
                 }
                 continue;
             }
@@ -390,27 +388,20 @@ pub async fn run(
         // while the relay formats records). It starts after this batch's
         // last message and leaves out everything not yet settled; it is
         // used only if this batch turns out to hold nothing back.
-        let (sending, prefetched) = if full {
+        // A task of its own, so decoding the rows runs on the other core
+        // while this one formats records.
+        let prefetched = full.then(|| {
             let from = batch.last().map_or(0, |m| m.seq);
             let exclude = pipe.exclusions();
-            // A task of its own, so decoding the rows runs on the other
-            // core while this one formats records.
-            let prefetch = {
-                let (store, shards, limit) = (store.clone(), shards.clone(), settings.batch_size);
-                tokio::spawn(async move {
-                    store
-                        .fetch_pending(&shards, limit as i64, from, &exclude.seqs, &exclude.keys)
-                        .await
-                })
-            };
-            let sending = publisher.send_batch(&batch, &mut pipe.key_topics).await;
-            (sending, Some((from, prefetch)))
-        } else {
-            (
-                publisher.send_batch(&batch, &mut pipe.key_topics).await,
-                None,
-            )
-        };
+            let (store, shards, limit) = (store.clone(), shards.clone(), settings.batch_size);
+            let task = tokio::spawn(async move {
+                store
+                    .fetch_pending(&shards, limit as i64, from, &exclude.seqs, &exclude.keys)
+                    .await
+            });
+            (from, task)
+        });
+        let sending = publisher.send_batch(&batch, &mut pipe.key_topics).await;
         let blocked: Vec<usize> = sending.blocked_now().collect();
         let lowest_held = blocked.first().map(|&i| batch[i].seq);
         let mut blocked_keys: Vec<Vec<u8>> = blocked
@@ -465,9 +456,13 @@ struct Exclusions {
 /// Waits for the oldest batch being marked, if any.
 async fn finish(marking: &mut VecDeque<(JoinHandle<()>, Exclusions)>) {
     if let Some((task, _)) = marking.pop_front() {
-        if let Err(e) = task.await {
-            tracing::error!(error = %e, "marking task failed; its messages will be published again");
-        }
+        log_marking_failure(task.await);
+    }
+}
+
+fn log_marking_failure(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "marking task failed; its messages will be published again");
     }
 }
 
@@ -616,21 +611,9 @@ async fn idle(shutdown: &mut Shutdown, d: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outbox::MessageId;
 
     fn msg(seq: i64, key: &str, attempts: i32) -> PendingMessage {
-        PendingMessage {
-            seq,
-            id: MessageId::new(),
-            topic: "t".into(),
-            key: Some(key.as_bytes().to_vec()),
-            payload: Some(vec![]),
-            header_names: vec![],
-            header_values: vec![],
-            message_type: None,
-            created_at: chrono::Utc::now(),
-            attempts,
-        }
+        crate::publish::tests::pending(seq, key, "t", attempts)
     }
 
     fn failed(permanent: bool) -> Outcome {
@@ -638,6 +621,51 @@ mod tests {
             error: "boom".into(),
             permanent,
         }
+    }
+
+    fn flight(seqs: &[i64], blocked_keys: &[&str], lowest_held: Option<i64>) -> Flight {
+        Flight {
+            batch: seqs.iter().map(|&s| msg(s, "k", 0)).collect(),
+            sent: vec![],
+            blocked_keys: blocked_keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            lowest_held,
+            started: Instant::now(),
+            reports: tokio::spawn(async { Vec::new() }),
+            done: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fetch_leaves_out_unsettled_batches_and_stops_below_their_holds() {
+        let mut pipe = Pipeline {
+            flights: VecDeque::from([
+                flight(&[10, 11], &["x"], Some(11)),
+                flight(&[20], &[], None),
+            ]),
+            marking: VecDeque::new(),
+            key_topics: KeyTopics::default(),
+            generation: 0,
+        };
+        pipe.marking.push_back((
+            tokio::spawn(async {}),
+            Exclusions {
+                seqs: vec![5],
+                keys: vec![b"x".to_vec(), b"y".to_vec()],
+                lowest_held: Some(7),
+            },
+        ));
+        let e = pipe.exclusions();
+        assert_eq!(e.seqs, vec![5, 10, 11, 20]);
+        assert_eq!(e.keys, vec![b"x".to_vec(), b"y".to_vec()]);
+        assert_eq!(
+            pipe.cursor_limit(),
+            Some(6),
+            "below the lowest held message"
+        );
+        pipe.marking.clear();
+        assert_eq!(pipe.cursor_limit(), Some(10));
+        pipe.flights.pop_front();
+        assert_eq!(pipe.cursor_limit(), None);
     }
 
     #[test]

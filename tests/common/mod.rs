@@ -196,6 +196,34 @@ impl TestDb {
         })
     }
 
+    /// Enqueues `count` messages to `topic`, `tx_size` per transaction;
+    /// message n has payload `n` and key `key-{n % 13}`. Returns the ids in
+    /// enqueue order.
+    pub async fn enqueue_numbered(
+        &self,
+        topic: &str,
+        count: usize,
+        tx_size: usize,
+    ) -> Result<Vec<Uuid>> {
+        let outbox = outbox::Outbox::new();
+        let mut ids = Vec::with_capacity(count);
+        while ids.len() < count {
+            let first = ids.len();
+            let batch = (first..count.min(first + tx_size))
+                .map(|n| outbox::Message::new(topic, n.to_string()).key(format!("key-{}", n % 13)));
+            let mut tx = self.pool.begin().await?;
+            ids.extend(
+                outbox
+                    .enqueue_all(&mut *tx, batch)
+                    .await?
+                    .into_iter()
+                    .map(|id| id.0),
+            );
+            tx.commit().await?;
+        }
+        Ok(ids)
+    }
+
     /// Counts of `outbox.message` rows by status.
     pub async fn status_counts(&self) -> Result<BTreeMap<String, i64>> {
         let rows: Vec<(String, i64)> =
