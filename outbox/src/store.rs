@@ -170,6 +170,35 @@ impl RelayStore {
         Ok(held)
     }
 
+    /// Extends the leases of the shards `relay` still owns by `lease` and
+    /// records that it is alive, without taking or giving back any.
+    /// Returns the shards it still owns, each valid for `lease` from just
+    /// before this call started.
+    pub async fn extend_shards(&self, relay: Uuid, lease: Duration) -> Result<Vec<i16>> {
+        let lease_secs = lease.as_secs_f64();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE outbox.relay SET heartbeat_at = now(), \
+                 waiting_until = CASE WHEN waiting_until IS NULL THEN NULL \
+                                      ELSE now() + make_interval(secs => $2) END \
+             WHERE id = $1",
+        )
+        .bind(relay)
+        .bind(lease_secs)
+        .execute(&mut *tx)
+        .await?;
+        let held: Vec<i16> = sqlx::query_scalar(
+            "UPDATE outbox.shard_lease SET lease_until = now() + make_interval(secs => $2) \
+             WHERE owner = $1 RETURNING shard",
+        )
+        .bind(relay)
+        .bind(lease_secs)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(held)
+    }
+
     /// Marks relay `relay` as waiting for work for `lease` (renewed by
     /// [`renew_shards`](Self::renew_shards) while it lasts), or as busy
     /// (`None`). While any relay waits, every insert into `outbox.message`

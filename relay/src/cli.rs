@@ -183,6 +183,15 @@ pub struct Settings {
     #[arg(long, global = true, env = "OUTBOX_CONNECT_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub connect_timeout: Option<Duration>,
+
+    /// Longest time without a broker acknowledgement while messages wait
+    /// (broker unreachable, producer stuck, database too slow). After half
+    /// of it /healthz answers 503 with the reason; after all of it the
+    /// relay gives its shards back and exits non-zero, so a supervisor
+    /// restarts it and other relays take its keys. [default: 60s]
+    #[arg(long, global = true, env = "OUTBOX_STALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub stall_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -221,6 +230,7 @@ impl Settings {
         take!(migrate => c.migrate);
         take!(name => c.name);
         take!(connect_timeout => c.connect_timeout);
+        take!(stall_timeout => c.stall_timeout);
         let defaults = RetryPolicy::default();
         c.retry = RetryPolicy {
             max_attempts: self

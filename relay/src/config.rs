@@ -41,6 +41,10 @@ pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600
 pub const DEFAULT_CLEANUP_BATCH: i64 = 10_000;
 /// Default for [`RelayConfig::http_listen`].
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9187";
+/// Default for [`RelayConfig::stall_timeout`]: a relay that has messages
+/// to publish and none acknowledged for a minute gives its shards back and
+/// exits non-zero (it turns `/healthz` to 503 after half of it).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default for [`RelayConfig::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -93,6 +97,9 @@ pub struct RelayConfig {
     pub name: String,
     /// How long to keep trying to reach the database at start.
     pub connect_timeout: Duration,
+    /// How long the relay may go without an acknowledgement while
+    /// messages wait before it gives its shards back and exits non-zero.
+    pub stall_timeout: Duration,
 }
 
 impl RelayConfig {
@@ -116,6 +123,7 @@ impl RelayConfig {
             migrate: false,
             name: default_name(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
         }
     }
 
@@ -194,6 +202,19 @@ impl RelayConfig {
                     humantime::format_duration(self.lease),
                     timeout.as_millis(),
                     humantime::format_duration((timeout + Duration::from_secs(1)) * 3 / 2)
+                ),
+            ));
+        }
+        // A batch may legitimately wait one message timeout for its
+        // reports, and a broker outage pauses the relay; neither is a
+        // stall.
+        if self.stall_timeout < (timeout * 2).max(Duration::from_secs(5)) {
+            return Err(Error::config(
+                "stall-timeout",
+                format!(
+                    "{} is too short: it must be at least twice message.timeout.ms ({} ms) and at least 5s",
+                    humantime::format_duration(self.stall_timeout),
+                    timeout.as_millis()
                 ),
             ));
         }

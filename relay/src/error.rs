@@ -39,6 +39,13 @@ pub enum Error {
     #[error("fatal Kafka producer error, the relay must restart: {0}")]
     ProducerFatal(String),
 
+    /// The relay made no progress for `--stall-timeout` while messages
+    /// waited (broker unreachable, producer stuck, database too slow); it
+    /// gave its shards back so other relays take its keys. A supervisor
+    /// should restart it.
+    #[error("stalled, gave the shards back: {0}")]
+    Stalled(String),
+
     /// The sweeper's scheduler failed.
     #[error("the sweeper scheduler failed: {0}")]
     Scheduler(#[from] tokio_cron_scheduler::JobSchedulerError),

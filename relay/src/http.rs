@@ -15,6 +15,7 @@ use rdkafka::util::Timeout;
 use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::shutdown::Shutdown;
 
 /// How long a health probe waits for the database or the broker.
@@ -55,6 +56,7 @@ pub fn set_backlog_gauges(b: &Backlog) {
 struct AppState {
     store: RelayStore,
     producer: FutureProducer,
+    health: Health,
     metrics: PrometheusHandle,
 }
 
@@ -64,6 +66,7 @@ pub async fn serve(
     addr: SocketAddr,
     store: RelayStore,
     producer: FutureProducer,
+    health: Health,
     metrics: PrometheusHandle,
     mut shutdown: Shutdown,
 ) -> Result<SocketAddr> {
@@ -79,6 +82,7 @@ pub async fn serve(
         .with_state(AppState {
             store,
             producer,
+            health,
             metrics,
         });
     tokio::spawn(async move {
@@ -113,7 +117,10 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     })
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
-    let status = if database.is_ok() && broker.is_ok() {
+    // Reachable is not enough: a relay whose loop makes no progress holds
+    // keys nobody else may publish.
+    let publishing = s.health.problem().map_or(Ok(()), Err);
+    let status = if database.is_ok() && broker.is_ok() && publishing.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -121,7 +128,11 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     let show = |r: Result<(), String>| r.err().unwrap_or_else(|| "ok".into());
     (
         status,
-        Json(serde_json::json!({ "database": show(database), "broker": show(broker) })),
+        Json(serde_json::json!({
+            "database": show(database),
+            "broker": show(broker),
+            "publishing": show(publishing),
+        })),
     )
 }
 

@@ -43,10 +43,11 @@ impl ShardLeases {
 
     /// Renews (and rebalances) the leases if a renewal is due. On a
     /// database error the held shards keep their old deadline and the
-    /// renewal is retried within a second.
-    pub async fn maintain(&mut self) {
+    /// renewal is retried within a second. Returns whether it gained a
+    /// shard it did not hold before.
+    pub async fn maintain(&mut self) -> bool {
         if Instant::now() < self.next_renewal {
-            return;
+            return false;
         }
         let started = Instant::now();
         match self
@@ -59,12 +60,48 @@ impl ShardLeases {
                     tracing::info!(shards = held.len(), "shard ownership changed");
                 }
                 metrics::gauge!(crate::metrics::SHARDS_HELD).set(held.len() as f64);
+                let gained = held.iter().any(|s| !self.held.contains(s));
                 self.held = held;
+                self.valid_until = Some(started + self.lease);
+                self.next_renewal = started + self.renew_every;
+                gained
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew shard leases; retrying");
+                self.next_renewal = Instant::now() + Duration::from_secs(1).min(self.renew_every);
+                false
+            }
+        }
+    }
+
+    /// Runs `work` (a fetch) to completion, extending the held leases
+    /// whenever a renewal falls due meanwhile, so a slow statement does
+    /// not cost the relay its keys. Extending gives nothing back and takes
+    /// nothing new, so it is safe with batches in flight; a shard lost
+    /// meanwhile (taken over after the lease ran out) is dropped from the
+    /// held set, and the caller sees it in [`usable`](Self::usable).
+    pub async fn keep_while<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(work);
+        loop {
+            let due = tokio::time::Instant::from_std(self.next_renewal);
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tokio::time::sleep_until(due) => self.extend().await,
+            }
+        }
+    }
+
+    /// Extends the leases of the shards still held, without rebalancing.
+    async fn extend(&mut self) {
+        let started = Instant::now();
+        match self.store.extend_shards(self.relay, self.lease).await {
+            Ok(held) => {
+                self.held.retain(|s| held.contains(s));
                 self.valid_until = Some(started + self.lease);
                 self.next_renewal = started + self.renew_every;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot renew shard leases; retrying");
+                tracing::warn!(error = %e, "cannot extend shard leases; retrying");
                 self.next_renewal = Instant::now() + Duration::from_secs(1).min(self.renew_every);
             }
         }

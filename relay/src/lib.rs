@@ -9,6 +9,7 @@
 
 mod config;
 mod error;
+mod health;
 mod http;
 mod lease;
 pub mod metrics;
@@ -28,7 +29,8 @@ use sqlx::PgPool;
 pub use config::{
     RelayConfig, Wakeup, DEFAULT_BATCH_SIZE, DEFAULT_BROKERS, DEFAULT_CLEANUP_BATCH,
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_LISTEN, DEFAULT_INBOX_RETENTION, DEFAULT_LEASE,
-    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, DEFAULT_SWEEP_SCHEDULE,
+    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, DEFAULT_STALL_TIMEOUT,
+    DEFAULT_SWEEP_SCHEDULE,
 };
 pub use error::{Error, Result};
 pub use http::install_recorder;
@@ -138,10 +140,12 @@ pub async fn run(
     let publisher = Publisher::new(&config)?;
 
     let (trigger, shutdown) = shutdown::channel();
+    let health = health::Health::default();
     let http_addr = http::serve(
         config.http_listen,
         store.clone(),
         publisher.producer(),
+        health.clone(),
         metrics,
         shutdown.clone(),
     )
@@ -189,31 +193,54 @@ pub async fn run(
         max_broker_pause: config.renew_interval(),
     };
 
+    // The watchdog stops the loop (through its own trigger, so the HTTP
+    // endpoint keeps answering 503 until the relay exits).
+    let (stall_trigger, stalled) = shutdown::channel();
+    let watchdog = tokio::spawn(health::watch(
+        health.clone(),
+        config.stall_timeout,
+        move || stall_trigger.trigger(),
+        shutdown.clone(),
+    ));
     let outcome = {
+        let (loop_trigger, loop_shutdown) = shutdown::channel();
         let publishing = relay::run(
             store.clone(),
             &publisher,
             &mut leases,
             waker,
             settings,
-            shutdown,
+            health.clone(),
+            loop_shutdown,
         );
         tokio::pin!(publishing);
+        let mut stalled = stalled;
         tokio::select! {
             outcome = &mut publishing => outcome,
             _ = stop => {
-                trigger.trigger();
+                loop_trigger.trigger();
+                publishing.await
+            }
+            _ = stalled.wait() => {
+                loop_trigger.trigger();
                 publishing.await
             }
         }
     };
+    if let Err(reason) = &outcome {
+        health.set_problem(reason.clone());
+    }
     trigger.trigger();
+    let _ = watchdog.await;
     leases.release().await;
     publisher.flush(FLUSH_TIMEOUT);
     let _ = scheduler.shutdown().await;
     pool.close().await;
     if let Err(fatal) = outcome {
         return Err(Error::ProducerFatal(fatal));
+    }
+    if let Some(reason) = health.stalled() {
+        return Err(Error::Stalled(reason));
     }
     tracing::info!("relay stopped");
     Ok(())

@@ -28,3 +28,12 @@ pub const OVERDUE: &str = "outbox_overdue_confirmation_messages";
 pub const COMPLETED: &str = "outbox_completed_messages";
 /// Counter: messages sent again because their confirmation was overdue.
 pub const RESENT: &str = "outbox_sweeper_resent_total";
+/// Gauge: 1 while the relay has made no progress for half its
+/// `--stall-timeout` with messages waiting (`/healthz` answers 503 then).
+pub const STALLED: &str = "outbox_relay_stalled";
+/// Counter: fetches of pending messages slower than two seconds.
+pub const SLOW_FETCHES: &str = "outbox_relay_slow_fetches_total";
+/// Counter: messages acknowledged after an earlier message of their key
+/// failed on the broker (librdkafka skipped the failed one; it is sent
+/// again after them). Should stay 0; see the README's known limits.
+pub const ORDER_GAPS: &str = "outbox_relay_order_gaps_total";

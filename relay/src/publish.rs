@@ -30,6 +30,14 @@ pub enum Outcome {
     /// Not sent because an earlier message of its key failed in this batch;
     /// sending it would overtake that message.
     Held,
+    /// The producer itself can send nothing more: another producer took
+    /// over its identity (fenced), or the broker lost its epoch or
+    /// sequence state. Not the message's fault: it is retried by a relay
+    /// with a new producer, and no attempt is counted.
+    ProducerBroken {
+        /// The producer's error.
+        error: String,
+    },
 }
 
 /// The relay's Kafka producer. Idempotent, `acks=all`, so a message the
@@ -299,10 +307,36 @@ impl KeyTopics {
 }
 
 fn failed(e: &KafkaError) -> Outcome {
+    if is_producer_broken(e) {
+        return Outcome::ProducerBroken {
+            error: e.to_string(),
+        };
+    }
     Outcome::Failed {
         error: e.to_string(),
         permanent: is_permanent(e),
     }
+}
+
+/// Errors after which this producer cannot deliver anything: its epoch was
+/// bumped by another producer (fenced), or the broker no longer knows its
+/// id or sequence. Retrying with the same producer fails the same way
+/// forever (seen against a broker that fenced the producer after a
+/// pause), so the relay stops and is restarted with a fresh producer.
+pub fn is_producer_broken(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            ProducerFenced
+                | Fenced
+                | InvalidProducerEpoch
+                | UnknownProducerId
+                | OutOfOrderSequenceNumber
+                | InvalidProducerIdMapping
+                | Fatal
+        )
+    )
 }
 
 /// Errors that say this message, as it is, will never be accepted. Anything
@@ -414,5 +448,19 @@ pub(crate) mod tests {
         assert!(!p(RDKafkaErrorCode::MessageTimedOut));
         assert!(!p(RDKafkaErrorCode::AllBrokersDown));
         assert!(!p(RDKafkaErrorCode::NotLeaderForPartition));
+        let broken = |c| is_producer_broken(&KafkaError::MessageProduction(c));
+        assert!(broken(RDKafkaErrorCode::ProducerFenced));
+        assert!(broken(RDKafkaErrorCode::InvalidProducerEpoch));
+        assert!(broken(RDKafkaErrorCode::OutOfOrderSequenceNumber));
+        assert!(!broken(RDKafkaErrorCode::MessageTimedOut));
+        assert!(!broken(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert_eq!(
+            failed(&KafkaError::MessageProduction(
+                RDKafkaErrorCode::ProducerFenced
+            )),
+            Outcome::ProducerBroken {
+                error: KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced).to_string()
+            }
+        );
     }
 }

@@ -1,11 +1,12 @@
 //! The publish loop: fetch a batch of the shards this relay holds, publish
 //! it, mark it, repeat; wait for a notification when there is nothing to do.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use outbox::{Failure, PendingMessage, RelayStore, RetryPolicy};
 
+use crate::health::Health;
 use crate::lease::ShardLeases;
 use crate::publish::{KeyTopics, Outcome, Publisher};
 use crate::shutdown::Shutdown;
@@ -25,6 +26,11 @@ const MARKING: usize = 4;
 /// Longest a relay draining a backlog goes without looking below its
 /// cursor (see `run`).
 const CURSOR_RESET: Duration = Duration::from_secs(10);
+
+/// A fetch slower than this is logged as a warning and counted in
+/// `outbox_relay_slow_fetches_total`: the relay's statements take
+/// milliseconds on a healthy table, whatever the backlog.
+const SLOW_FETCH: Duration = Duration::from_secs(2);
 
 /// The loop's settings.
 pub struct LoopSettings {
@@ -73,11 +79,25 @@ struct Pipeline {
     /// the pipeline drains: a batch fetched ahead before that may include
     /// keys that must now wait.
     generation: u64,
+    /// The lowest message of a settled batch that was not published
+    /// (failed, held, or its reports lost): the fetch cursor must go back
+    /// below it, or later messages of its key would be fetched and
+    /// published before it (see `run`).
+    rewind: Option<i64>,
+    /// Keys with a message that failed on the broker while later batches
+    /// were in flight, and the lowest such message: a later message of
+    /// the key acknowledged after that has overtaken it (see
+    /// [`Pipeline::watch_gaps`]).
+    failed_keys: HashMap<Vec<u8>, i64>,
 }
 
 /// What a settled batch asks of the caller.
 struct Settled {
+    /// At least one message of the batch was acknowledged.
+    acknowledged: bool,
     broker_unavailable: bool,
+    /// The producer itself cannot go on (fenced, sequence or epoch lost).
+    producer_broken: bool,
     first_error: Option<String>,
 }
 
@@ -131,8 +151,12 @@ impl Pipeline {
             Err(e) => {
                 tracing::error!(error = %e, "delivery task failed; its messages will be published again");
                 self.key_topics.release(&flight.batch, &flight.sent);
+                self.rewind_to(flight.batch.first().map(|m| m.seq));
+                self.generation += 1;
                 return Some(Settled {
+                    acknowledged: false,
                     broker_unavailable: false,
+                    producer_broken: false,
                     first_error: None,
                 });
             }
@@ -142,12 +166,17 @@ impl Pipeline {
         if !report.blocked_keys.is_empty() || report.broker_unavailable {
             self.generation += 1;
         }
+        self.watch_gaps(&flight.batch, &outcomes);
+        let unpublished = report.lowest_unpublished(&flight.batch);
+        self.rewind_to(unpublished);
         report.record_metrics(flight.started.elapsed());
         let settled = Settled {
+            acknowledged: !report.published.is_empty(),
             broker_unavailable: report.broker_unavailable,
+            producer_broken: report.producer_broken,
             first_error: report.first_error.clone(),
         };
-        let exclusions = report.exclusions(&flight.batch, flight.lowest_held);
+        let exclusions = report.exclusions(&flight.batch, unpublished);
         while self.marking.front().is_some_and(|(t, _)| t.is_finished())
             || self.marking.len() >= MARKING
         {
@@ -161,6 +190,53 @@ impl Pipeline {
         ));
         self.marking.push_back((task, exclusions));
         Some(settled)
+    }
+
+    /// Counts the messages that overtook an earlier message of their key.
+    ///
+    /// librdkafka can fail a message on the broker's side (its delivery
+    /// timed out while the broker was away) and still deliver later
+    /// messages of the same partition that were queued behind it: its
+    /// idempotent producer then skips the failed ones ("gaps", in its
+    /// documentation). The relay sends the failed message again, after
+    /// them. Nothing can take such a message back, so this is reported, as
+    /// an error and in `outbox_relay_order_gaps_total`, never hidden.
+    fn watch_gaps(&mut self, batch: &[PendingMessage], outcomes: &[Outcome]) {
+        let mut gaps = 0_u64;
+        for (m, outcome) in batch.iter().zip(outcomes) {
+            let Some(key) = &m.key else { continue };
+            match outcome {
+                Outcome::Published => {
+                    if self.failed_keys.get(key).is_some_and(|&f| f < m.seq) {
+                        gaps += 1;
+                    }
+                }
+                Outcome::Failed { .. } => {
+                    let low = self.failed_keys.entry(key.clone()).or_insert(m.seq);
+                    *low = (*low).min(m.seq);
+                }
+                Outcome::Held | Outcome::ProducerBroken { .. } => {}
+            }
+        }
+        if gaps > 0 {
+            metrics::counter!(crate::metrics::ORDER_GAPS).increment(gaps);
+            tracing::error!(
+                messages = gaps,
+                "messages were acknowledged after an earlier message of their key failed on the broker; that one is published again after them (see Known limits)"
+            );
+        }
+        // Once nothing is in flight, nothing sent before a failure can be
+        // acknowledged any more.
+        if self.flights.is_empty() {
+            self.failed_keys.clear();
+        }
+    }
+
+    /// Remembers that the fetch cursor must go back below `seq`.
+    fn rewind_to(&mut self, seq: Option<i64>) {
+        if let Some(seq) = seq {
+            self.rewind = Some(self.rewind.map_or(seq, |r| r.min(seq)));
+        }
     }
 
     /// Settles every batch in flight and waits for the marking.
@@ -198,6 +274,7 @@ pub async fn run(
     leases: &mut ShardLeases,
     mut waker: Waker,
     settings: LoopSettings,
+    health: Health,
     mut shutdown: Shutdown,
 ) -> Result<(), String> {
     let mut broker_pause = Duration::ZERO;
@@ -206,12 +283,20 @@ pub async fn run(
         marking: VecDeque::new(),
         key_topics: KeyTopics::default(),
         generation: 0,
+        rewind: None,
+        failed_keys: HashMap::new(),
     };
     // Where the next fetch starts (see RelayStore::fetch_pending); back to
     // 0 whenever the relay catches up, and at least every CURSOR_RESET while
     // it drains a backlog, so a late commit with a lower seq waits at most
     // that long. Not more often: right after a large drain, a fetch from 0
     // walks every dead index entry until vacuum removes them.
+    //
+    // The cursor is an optimisation, never a promise: whatever it skips
+    // must be something the relay may skip. So it goes back below every
+    // message of a settled batch that was not published (`Pipeline::
+    // rewind`), and to 0 whenever the relay gains shards (their messages
+    // may lie anywhere below it) or the database failed under it.
     let mut cursor = 0_i64;
     let mut cursor_reset = Instant::now();
     // A batch fetched ahead (the cursor it started from, and the result),
@@ -234,9 +319,21 @@ pub async fn run(
             || pipe.flights.len() >= settings.in_flight
         {
             let settled = pipe.settle_oldest(&store, &settings, &shutdown).await;
+            if settled.as_ref().is_some_and(|s| s.acknowledged) {
+                health.progress();
+            }
             if let Some(fatal) = publisher.fatal_error() {
                 pipe.drain(&store, &settings, &shutdown).await;
                 return Err(fatal);
+            }
+            if let Some(s) = settled.as_ref().filter(|s| s.producer_broken) {
+                // Every later send fails the same way: stop, so that a new
+                // producer (a restarted relay) takes over these keys.
+                pipe.drain(&store, &settings, &shutdown).await;
+                return Err(format!(
+                    "the producer can send nothing more: {}",
+                    s.first_error.as_deref().unwrap_or("")
+                ));
             }
             if let Some(s) = settled.as_ref().filter(|s| s.broker_unavailable) {
                 pipe.drain(&store, &settings, &shutdown).await;
@@ -261,11 +358,19 @@ pub async fn run(
             // A renewal may give shards back: nothing of theirs may be in
             // flight when another relay takes them.
             pipe.drain(&store, &settings, &shutdown).await;
-            leases.maintain().await;
+            if leases.maintain().await {
+                // New shards: their messages may lie below the cursor, and
+                // a batch fetched ahead did not look at them.
+                cursor = 0;
+                cursor_reset = Instant::now();
+                pipe.generation += 1;
+            }
         }
         let shards = leases.usable(settings.lease_margin).to_vec();
         if shards.is_empty() {
             pipe.drain(&store, &settings, &shutdown).await;
+            // Holding no keys is not a stall: another relay has them.
+            health.progress();
             let until_renewal = leases
                 .next_renewal()
                 .saturating_duration_since(Instant::now());
@@ -277,6 +382,9 @@ pub async fn run(
         if cursor_reset.elapsed() >= CURSOR_RESET {
             cursor = 0;
             cursor_reset = started;
+        }
+        if let Some(seq) = pipe.rewind.take() {
+            cursor = cursor.min(seq - 1).max(0);
         }
         let prefetched = match next.take() {
             // Fetched while the previous batch was being sent, from where
@@ -294,15 +402,14 @@ pub async fn run(
             Some(fetched) => fetched,
             None => {
                 let exclude = pipe.exclusions();
-                store
-                    .fetch_pending(
-                        &shards,
-                        settings.batch_size as i64,
-                        cursor,
-                        &exclude.seqs,
-                        &exclude.keys,
-                    )
-                    .await
+                let fetch = store.fetch_pending(
+                    &shards,
+                    settings.batch_size as i64,
+                    cursor,
+                    &exclude.seqs,
+                    &exclude.keys,
+                );
+                leases.keep_while(fetch).await
             }
         };
         generation = pipe.generation;
@@ -311,10 +418,35 @@ pub async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch pending messages; retrying");
                 pipe.drain(&store, &settings, &shutdown).await;
+                // Whatever happened to the database meanwhile (a restart,
+                // a fail-over), look from the start again.
+                cursor = 0;
+                cursor_reset = Instant::now();
                 idle(&mut shutdown, Duration::from_secs(1)).await;
                 continue;
             }
         };
+        let fetch_time = started.elapsed();
+        if fetch_time > SLOW_FETCH {
+            metrics::counter!(crate::metrics::SLOW_FETCHES).increment(1);
+            tracing::warn!(
+                seconds = fetch_time.as_secs_f64(),
+                messages = batch.len(),
+                from_seq = cursor,
+                "fetching pending messages was slow (usually milliseconds); is the outbox table bloated or the database overloaded?"
+            );
+        }
+        // The lease may have run out while the fetch ran (a slow
+        // statement, a paused process): another relay may own these keys
+        // now, so this batch must not be sent. It is fetched again by
+        // whoever holds the shards.
+        if leases.usable(settings.lease_margin) != shards.as_slice() {
+            tracing::debug!("shard leases changed during the fetch; dropping the batch");
+            if let Some((_, task)) = next.take() {
+                task.abort();
+            }
+            continue;
+        }
         let full = batch.len() == settings.batch_size;
         if !full && cursor != 0 {
             // Caught up from the cursor: look once more from the start
@@ -338,6 +470,8 @@ pub async fn run(
                 }
                 continue;
             }
+            // Nothing to publish and nothing in flight: not a stall.
+            health.progress();
             if let Some((task, _)) = pipe.marking.front_mut() {
                 // The keys of a batch being marked may have more behind
                 // them: look again once it is marked, or on a commit,
@@ -382,7 +516,6 @@ pub async fn run(
             }
             waiting = false;
         }
-        let fetch_time = started.elapsed();
         // When the batch is full there is likely more: fetch the next one
         // while this one is handed to the producer (the database works
         // while the relay formats records). It starts after this batch's
@@ -449,7 +582,8 @@ pub async fn run(
 struct Exclusions {
     seqs: Vec<i64>,
     keys: Vec<Vec<u8>>,
-    /// The batch's lowest held message, if any.
+    /// The batch's lowest message not published (held, or failed and
+    /// not yet recorded), which the fetch cursor must not pass.
     lowest_held: Option<i64>,
 }
 
@@ -478,6 +612,9 @@ struct Report {
     /// down. The messages are left untouched (no attempt is counted) and
     /// the whole relay pauses instead.
     broker_unavailable: bool,
+    /// Some message failed because the producer can send nothing more
+    /// (fenced, epoch or sequence lost): the relay must stop.
+    producer_broken: bool,
     first_error: Option<String>,
     /// Keys with a failed or held message in this batch.
     blocked_keys: Vec<Vec<u8>>,
@@ -493,6 +630,7 @@ impl Report {
             dead: 0,
             held: 0,
             broker_unavailable: false,
+            producer_broken: false,
             first_error: None,
             blocked_keys: Vec::new(),
         };
@@ -502,6 +640,14 @@ impl Report {
                 Outcome::Held => {
                     r.held += 1;
                     r.blocked_keys.extend(m.key.clone());
+                }
+                Outcome::ProducerBroken { error } => {
+                    // Not the message's fault: nothing is recorded against
+                    // it, and the relay stops (see `run`).
+                    r.producer_broken = true;
+                    r.held += 1;
+                    r.blocked_keys.extend(m.key.clone());
+                    r.first_error.get_or_insert_with(|| error.clone());
                 }
                 Outcome::Failed { error, permanent } => {
                     r.blocked_keys.extend(m.key.clone());
@@ -528,6 +674,22 @@ impl Report {
             r.failures.clear();
         }
         r
+    }
+
+    /// The lowest message of the batch that was not published, if any.
+    /// Failures recorded with a backoff keep their key waiting wherever
+    /// the cursor stands; the others (broker unavailable, held, producer
+    /// broken) are found again only by a fetch that starts below them.
+    fn lowest_unpublished(&self, batch: &[PendingMessage]) -> Option<i64> {
+        if self.published.len() == batch.len() {
+            return None;
+        }
+        let published: std::collections::HashSet<i64> = self.published.iter().copied().collect();
+        batch
+            .iter()
+            .map(|m| m.seq)
+            .filter(|s| !published.contains(s))
+            .min()
     }
 
     /// The batch's messages, and the keys that failed or were held back.
@@ -645,6 +807,8 @@ mod tests {
             marking: VecDeque::new(),
             key_topics: KeyTopics::default(),
             generation: 0,
+            rewind: None,
+            failed_keys: HashMap::new(),
         };
         pipe.marking.push_back((
             tokio::spawn(async {}),
@@ -711,6 +875,68 @@ mod tests {
             r.failures.is_empty(),
             "no attempt is counted against the messages"
         );
+    }
+
+    #[test]
+    fn the_cursor_goes_back_below_what_a_batch_did_not_publish() {
+        let batch = [msg(5, "a", 0), msg(6, "b", 0), msg(7, "a", 0)];
+        let retry = RetryPolicy::default();
+        let published = [Outcome::Published, Outcome::Published, Outcome::Published];
+        let all = Report::new(&batch, &published, &retry);
+        assert_eq!(all.lowest_unpublished(&batch), None);
+        // The whole batch failed for broker reasons: nothing is recorded
+        // against the messages, so only a fetch from below finds them.
+        let down = Report::new(
+            &batch,
+            &[failed(false), failed(false), failed(false)],
+            &retry,
+        );
+        assert!(down.broker_unavailable);
+        assert_eq!(down.lowest_unpublished(&batch), Some(5));
+        let held = Report::new(
+            &batch,
+            &[Outcome::Published, failed(true), Outcome::Held],
+            &retry,
+        );
+        assert_eq!(held.lowest_unpublished(&batch), Some(6));
+        let broken = Report::new(
+            &batch,
+            &[
+                Outcome::Published,
+                Outcome::ProducerBroken {
+                    error: "fenced".into(),
+                },
+                Outcome::Published,
+            ],
+            &retry,
+        );
+        assert!(broken.producer_broken);
+        assert!(broken.failures.is_empty(), "no attempt is counted");
+        assert_eq!(broken.lowest_unpublished(&batch), Some(6));
+    }
+
+    #[tokio::test]
+    async fn a_message_acknowledged_after_an_earlier_failure_of_its_key_is_a_gap() {
+        let mut pipe = Pipeline {
+            flights: VecDeque::from([flight(&[30], &[], None)]),
+            marking: VecDeque::new(),
+            key_topics: KeyTopics::default(),
+            generation: 0,
+            rewind: None,
+            failed_keys: HashMap::new(),
+        };
+        let first = [msg(10, "a", 0), msg(11, "b", 0)];
+        pipe.watch_gaps(&first, &[failed(false), Outcome::Published]);
+        assert_eq!(pipe.failed_keys.get(b"a".as_slice()), Some(&10));
+        // A later batch of the same keys, sent before the failure was known.
+        let later = [msg(20, "a", 0), msg(21, "b", 0)];
+        let before = pipe.failed_keys.len();
+        pipe.watch_gaps(&later, &[Outcome::Published, Outcome::Published]);
+        assert_eq!(before, 1);
+        // Once nothing is in flight, the watch ends.
+        pipe.flights.clear();
+        pipe.watch_gaps(&later, &[Outcome::Published, Outcome::Published]);
+        assert!(pipe.failed_keys.is_empty());
     }
 
     #[test]

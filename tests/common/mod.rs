@@ -27,6 +27,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
+pub mod order;
+
 /// The relay binary under test: this package's, or the one named by
 /// `OUTBOX_TEST_RELAY_BIN` (to run the tests against another build).
 pub fn relay_bin() -> PathBuf {
@@ -594,6 +596,66 @@ impl Relay {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address of its `/healthz` and `/metrics` endpoint, from its
+    /// start-up line (waits for it, 30 s at most).
+    pub async fn http_addr(&self) -> Result<String> {
+        wait_for("the relay's start-up line", Duration::from_secs(30), || {
+            let out = self.output();
+            async move {
+                Ok(out
+                    .lines()
+                    .find(|l| l.contains("relay started"))
+                    .and_then(|l| {
+                        let at = l.find("http=")? + "http=".len();
+                        l[at..].split_whitespace().next().map(str::to_owned)
+                    }))
+            }
+        })
+        .await
+    }
+
+    /// Stops the process (SIGSTOP), as a GC pause or a frozen VM would.
+    pub fn pause(&self) -> Result<()> {
+        signal(self.child.id(), nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        signal(self.child.id(), nix::sys::signal::Signal::SIGCONT)
+    }
+
+    /// Its exit status, if it exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+        .with_context(|| format!("sending {sig} to {pid}"))
+}
+
+/// `GET http://ADDR/healthz`: the status code and the body.
+pub async fn get_healthz(addr: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(
+        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP response: {response:?}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 impl Drop for Relay {

@@ -1,0 +1,339 @@
+//! The broker: a tansu process (memory or SQLite storage) or librdkafka's
+//! mock cluster hosted in this process.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+use crate::util::{free_port, random_suffix};
+
+/// How tansu keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Storage {
+    /// In memory: lost on a restart, so broker faults are pauses.
+    Memory,
+    /// A SQLite file in the broker's folder: broker faults are SIGKILL and
+    /// restart.
+    Sqlite,
+}
+
+/// A tansu broker process on a port of its own. Killed (and its folder
+/// deleted) on drop.
+#[derive(Debug)]
+pub struct Tansu {
+    bin: PathBuf,
+    port: u16,
+    dir: PathBuf,
+    storage: Storage,
+    log_dir: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Tansu {
+    /// A broker with a port and a data folder, not started yet.
+    pub fn new(bin: &Path, storage: Storage, log_dir: &Path) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("outbox-chaos-tansu-{}", random_suffix()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Tansu {
+            bin: bin.to_owned(),
+            port: free_port()?,
+            dir,
+            storage,
+            log_dir: log_dir.to_owned(),
+            child: None,
+            starts: 0,
+        })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Spawns the broker process (does not wait for it to be ready).
+    pub fn spawn(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("tansu is already running");
+        }
+        self.starts += 1;
+        let path = self.log_dir.join(format!("tansu-{}.log", self.starts));
+        let log = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let url = format!("tcp://{}", self.addr());
+        let storage = match self.storage {
+            Storage::Memory => "memory://tansu/",
+            // Relative to the working directory, which is the data folder.
+            Storage::Sqlite => "sqlite://tansu.db",
+        };
+        let child = Command::new(&self.bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", storage])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Fails if the broker process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => bail!("tansu is not running"),
+            Some(Ok(None)) => Ok(()),
+            Some(Ok(Some(status))) => bail!(
+                "tansu exited ({status}); see {}",
+                self.log_dir
+                    .join(format!("tansu-{}.log", self.starts))
+                    .display()
+            ),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// SIGKILLs the broker and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Creates `topic` with `partitions` partitions through the tansu CLI.
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        let output = tokio::process::Command::new(&self.bin)
+            .args(["topic", "create", "--broker"])
+            .arg(format!("tcp://{}", self.addr()))
+            .args(["--partitions", &partitions.to_string(), topic])
+            .current_dir(&self.dir)
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(30), output)
+            .await
+            .context("tansu topic create timed out")??;
+        if !output.status.success() {
+            bail!(
+                "tansu topic create {topic} failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits (up to `timeout`) until the broker at `brokers` answers a
+/// metadata request; `alive` is asked before each attempt and fails the
+/// wait when the broker process died.
+pub async fn wait_ready(
+    brokers: &str,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let addr: Option<SocketAddr> = brokers.split(',').next().and_then(|a| a.parse().ok());
+    loop {
+        alive()?;
+        let tcp_ok = addr
+            .map(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
+            .unwrap_or(true);
+        if tcp_ok {
+            let b = brokers.to_owned();
+            if tokio::task::spawn_blocking(move || metadata_ok(&b)).await? {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the broker at {brokers} did not answer metadata within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `topic` shows `partitions` partitions in the metadata.
+pub async fn wait_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (b, t) = (brokers.to_owned(), topic.to_owned());
+        let n = tokio::task::spawn_blocking(move || partition_count(&b, &t)).await?;
+        if matches!(n, Ok(n) if n == partitions as usize) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic} did not show {partitions} partitions within 30s (last: {n:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn metadata_ok(brokers: &str) -> bool {
+    let producer: Result<BaseProducer, _> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("reconnect.backoff.max.ms", "200")
+        .create();
+    match producer {
+        Ok(p) => p
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn partition_count(brokers: &str, topic: &str) -> Result<usize> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let md = producer
+        .client()
+        .fetch_metadata(Some(topic), Duration::from_secs(5))?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0))
+}
+
+// ---------------------------------------------------------------------------
+// librdkafka's mock cluster
+// ---------------------------------------------------------------------------
+
+/// An operation on the mock cluster.
+#[derive(Debug, Clone)]
+pub enum MockOp {
+    /// Moves the leadership of a partition to a broker.
+    SetLeader {
+        /// Partition.
+        partition: i32,
+        /// New leader (1-based broker id).
+        broker: i32,
+    },
+    /// Makes the next Produce requests fail with these errors, in order.
+    ProduceErrors(Vec<RDKafkaRespErr>),
+    /// Sets a broker's round-trip time (zero to clear).
+    Rtt {
+        /// Broker id.
+        broker: i32,
+        /// Added delay.
+        rtt: Duration,
+    },
+}
+
+/// librdkafka's mock cluster, owned by a thread of its own (the handle is
+/// not `Send`); operations are sent to it over a channel. The cluster
+/// lives until this handle drops.
+#[derive(Debug)]
+pub struct MockBroker {
+    bootstrap: String,
+    brokers: i32,
+    ops: Option<mpsc::Sender<(MockOp, mpsc::Sender<Result<()>>)>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockBroker {
+    /// A mock cluster of `brokers` brokers with `topic` (`partitions`
+    /// partitions, replication factor `brokers`).
+    pub fn start(brokers: i32, topic: &str, partitions: i32) -> Result<Self> {
+        let (ops_tx, ops_rx) = mpsc::channel::<(MockOp, mpsc::Sender<Result<()>>)>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String>>();
+        let topic = topic.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("mock-cluster".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!("creating the mock cluster: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = cluster.create_topic(&topic, partitions, brokers) {
+                    let _ = ready_tx.send(Err(anyhow!("creating {topic} on the mock: {e}")));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                for (op, reply) in ops_rx {
+                    let result = match op {
+                        MockOp::SetLeader { partition, broker } => cluster
+                            .partition_leader(&topic, partition, Some(broker))
+                            .map_err(|e| anyhow!("partition_leader: {e}")),
+                        MockOp::ProduceErrors(errors) => {
+                            cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+                            Ok(())
+                        }
+                        MockOp::Rtt { broker, rtt } => cluster
+                            .broker_round_trip_time(broker, rtt)
+                            .map_err(|e| anyhow!("broker_round_trip_time: {e}")),
+                    };
+                    let _ = reply.send(result);
+                }
+            })
+            .context("spawning the mock cluster thread")?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| anyhow!("the mock cluster thread died at start"))??;
+        Ok(MockBroker {
+            bootstrap,
+            brokers,
+            ops: Some(ops_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bootstrap servers of the mock cluster.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// How many brokers the cluster has.
+    pub fn broker_count(&self) -> i32 {
+        self.brokers
+    }
+
+    /// Applies `op` and waits for it to be applied.
+    pub fn apply(&self, op: MockOp) -> Result<()> {
+        let (tx, rx) = mpsc::channel();
+        self.ops
+            .as_ref()
+            .context("mock cluster stopped")?
+            .send((op, tx))
+            .map_err(|_| anyhow!("the mock cluster thread is gone"))?;
+        rx.recv()
+            .map_err(|_| anyhow!("the mock cluster thread is gone"))?
+    }
+}
+
+impl Drop for MockBroker {
+    fn drop(&mut self) {
+        self.ops.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

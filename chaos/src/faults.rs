@@ -1,0 +1,493 @@
+//! Seeded faults, one every 2–4.5 s: relays killed and paused, the
+//! database restarted, the broker paused (memory storage), killed and
+//! restarted (SQLite storage), or, on the mock cluster, broker-side
+//! errors, leader changes and RTT spikes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::broker::{MockBroker, MockOp, Tansu};
+use crate::pg::PgCtl;
+use crate::relays::{self, SharedRelays};
+use crate::util::{signal, sleep_or_stop, Downtime};
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// SIGKILL a relay, restart it 1–4 s later.
+    RelayKill,
+    /// SIGSTOP a relay for 2–14 s.
+    RelayPause,
+    /// `pg_ctl restart -m fast`.
+    PgRestart,
+    /// SIGSTOP the broker for 2–6 s (tansu, memory storage).
+    BrokerPause,
+    /// SIGKILL the broker and start it again (tansu, SQLite storage).
+    BrokerRestart,
+    /// Move a partition's leadership (mock cluster).
+    LeaderChange,
+    /// Produce requests fail with retriable errors (mock cluster).
+    ProduceErrors,
+    /// A broker's round-trip time jumps for 2–6 s (mock cluster).
+    RttSpike,
+}
+
+impl Kind {
+    /// The name in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::RelayKill => "relay_kill",
+            Kind::RelayPause => "relay_pause",
+            Kind::PgRestart => "pg_restart",
+            Kind::BrokerPause => "broker_pause",
+            Kind::BrokerRestart => "broker_restart",
+            Kind::LeaderChange => "leader_change",
+            Kind::ProduceErrors => "produce_errors",
+            Kind::RttSpike => "rtt_spike",
+        }
+    }
+}
+
+/// The broker, as the faults see it.
+#[derive(Clone)]
+pub enum BrokerTarget {
+    /// tansu with memory storage: pauses.
+    TansuPause(Arc<Mutex<Tansu>>),
+    /// tansu with SQLite storage: kill and restart.
+    TansuRestart(Arc<Mutex<Tansu>>, String),
+    /// The mock cluster.
+    Mock(Arc<MockBroker>, i32),
+}
+
+/// Everything the faults act on.
+#[derive(Clone)]
+pub struct Targets {
+    /// The relays.
+    pub relays: SharedRelays,
+    /// The database.
+    pub pg: PgCtl,
+    /// The broker.
+    pub broker: BrokerTarget,
+    /// Where deliberate outages are recorded.
+    pub downtime: Arc<Downtime>,
+}
+
+/// What the injector did.
+#[derive(Debug, Default, Clone)]
+pub struct FaultLog {
+    /// Faults started, by kind.
+    pub counts: BTreeMap<Kind, u32>,
+    /// Timeline.
+    pub events: Vec<String>,
+    /// Faults that failed to apply or to heal (e.g. the database did not
+    /// come back).
+    pub errors: Vec<String>,
+}
+
+impl FaultLog {
+    /// Faults started in all.
+    pub fn total(&self) -> u32 {
+        self.counts.values().sum()
+    }
+}
+
+/// The kinds that apply to this broker.
+pub fn kinds(broker: &BrokerTarget) -> Vec<Kind> {
+    let mut kinds = vec![Kind::RelayKill, Kind::RelayPause, Kind::PgRestart];
+    match broker {
+        BrokerTarget::TansuPause(_) => kinds.push(Kind::BrokerPause),
+        BrokerTarget::TansuRestart(..) => kinds.push(Kind::BrokerRestart),
+        BrokerTarget::Mock(..) => {
+            kinds.extend([Kind::LeaderChange, Kind::ProduceErrors, Kind::RttSpike])
+        }
+    }
+    kinds
+}
+
+type Log = Arc<Mutex<FaultLog>>;
+
+fn note(log: &Log, started: Instant, what: String) {
+    let t = started.elapsed().as_secs_f64();
+    eprintln!("chaos: {t:6.1}s {what}");
+    log.lock()
+        .expect("fault log lock")
+        .events
+        .push(format!("{t:8.3}s {what}"));
+}
+
+fn error(log: &Log, started: Instant, what: String) {
+    note(log, started, format!("ERROR {what}"));
+    log.lock().expect("fault log lock").errors.push(what);
+}
+
+/// Injects faults until `until`, then heals everything (resumes what is
+/// paused, restarts what is down) and returns what it did. `stop` cuts
+/// the run short (the same healing follows).
+pub async fn run(
+    targets: Targets,
+    mut rng: StdRng,
+    until: Instant,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> FaultLog {
+    let log: Log = Arc::new(Mutex::new(FaultLog::default()));
+    let kinds = kinds(&targets.broker);
+    let (heal_tx, heal_rx) = watch::channel(false);
+    let pg_busy = Arc::new(AtomicBool::new(false));
+    let broker_busy = Arc::new(AtomicBool::new(false));
+    let mut tasks = JoinSet::new();
+    loop {
+        let wait = Duration::from_secs_f64(rng.random_range(2.0..4.5));
+        let now = Instant::now();
+        if now + wait >= until {
+            let _ = sleep_or_stop(until.saturating_duration_since(now), &mut stop).await;
+            break;
+        }
+        if sleep_or_stop(wait, &mut stop).await {
+            break;
+        }
+        // Reap finished fault tasks.
+        while tasks.try_join_next().is_some() {}
+        let mut order = kinds.clone();
+        order.shuffle(&mut rng);
+        // Draw every random number up front so the sequence of draws does
+        // not depend on which kinds happen to be available.
+        let pick = rng.random::<u64>();
+        let secs = rng.random::<f64>();
+        let mut applied = None;
+        for kind in order {
+            let ctx = FaultCtx {
+                targets: targets.clone(),
+                log: log.clone(),
+                started,
+                heal: heal_rx.clone(),
+                pick,
+                secs,
+            };
+            let ok = match kind {
+                Kind::RelayKill => relay_kill(&ctx),
+                Kind::RelayPause => relay_pause(&ctx, &mut tasks),
+                Kind::PgRestart => pg_restart(&ctx, &pg_busy, &mut tasks),
+                Kind::BrokerPause | Kind::BrokerRestart | Kind::RttSpike => {
+                    broker_outage(&ctx, kind, &broker_busy, &mut tasks)
+                }
+                Kind::LeaderChange | Kind::ProduceErrors => mock_op(&ctx, kind),
+            };
+            if ok {
+                applied = Some(kind);
+                break;
+            }
+        }
+        if let Some(kind) = applied {
+            *log.lock()
+                .expect("fault log lock")
+                .counts
+                .entry(kind)
+                .or_insert(0) += 1;
+        }
+    }
+    note(&log, started, "faults stop: healing".into());
+    let _ = heal_tx.send(true);
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r {
+            error(&log, started, format!("fault task failed: {e}"));
+        }
+    }
+    if let Err(e) = relays::lock(&targets.relays).heal_all() {
+        error(&log, started, format!("restarting relays: {e:#}"));
+    }
+    let out = log.lock().expect("fault log lock").clone();
+    out
+}
+
+struct FaultCtx {
+    targets: Targets,
+    log: Log,
+    started: Instant,
+    heal: watch::Receiver<bool>,
+    /// A random number for choosing the target.
+    pick: u64,
+    /// A random number in [0, 1) for choosing the duration.
+    secs: f64,
+}
+
+impl FaultCtx {
+    fn duration(&self, lo: f64, hi: f64) -> Duration {
+        Duration::from_secs_f64(lo + (hi - lo) * self.secs)
+    }
+
+    /// A running relay to hit, keeping at least one relay untouched.
+    fn relay(&self) -> Option<usize> {
+        let relays = relays::lock(&self.targets.relays);
+        let running = relays.running();
+        if running.len() < 2 {
+            return None;
+        }
+        Some(running[(self.pick % running.len() as u64) as usize])
+    }
+}
+
+fn relay_kill(ctx: &FaultCtx) -> bool {
+    let Some(i) = ctx.relay() else {
+        return false;
+    };
+    let down = ctx.duration(1.0, 4.0);
+    relays::lock(&ctx.targets.relays).kill(i, down);
+    note(
+        &ctx.log,
+        ctx.started,
+        format!(
+            "relay_kill: relay {i} SIGKILLed, back in {:.1}s",
+            down.as_secs_f64()
+        ),
+    );
+    true
+}
+
+fn relay_pause(ctx: &FaultCtx, tasks: &mut JoinSet<()>) -> bool {
+    let Some(i) = ctx.relay() else {
+        return false;
+    };
+    let d = ctx.duration(2.0, 14.0);
+    let pid = match relays::lock(&ctx.targets.relays).pause(i) {
+        Ok(Some(pid)) => pid,
+        Ok(None) => return false,
+        Err(e) => {
+            error(&ctx.log, ctx.started, format!("relay_pause: {e:#}"));
+            return false;
+        }
+    };
+    note(
+        &ctx.log,
+        ctx.started,
+        format!(
+            "relay_pause: relay {i} SIGSTOPped for {:.1}s",
+            d.as_secs_f64()
+        ),
+    );
+    let (relays, log, started, mut heal) = (
+        ctx.targets.relays.clone(),
+        ctx.log.clone(),
+        ctx.started,
+        ctx.heal.clone(),
+    );
+    tasks.spawn(async move {
+        sleep_or_stop(d, &mut heal).await;
+        if let Err(e) = relays::lock(&relays).resume(i, pid) {
+            error(
+                &log,
+                started,
+                format!("relay_pause: resuming relay {i}: {e:#}"),
+            );
+        }
+        note(&log, started, format!("relay_pause: relay {i} SIGCONTed"));
+    });
+    true
+}
+
+fn pg_restart(ctx: &FaultCtx, busy: &Arc<AtomicBool>, tasks: &mut JoinSet<()>) -> bool {
+    if busy.swap(true, Ordering::SeqCst) {
+        return false;
+    }
+    let (pg, log, started, downtime, busy) = (
+        ctx.targets.pg.clone(),
+        ctx.log.clone(),
+        ctx.started,
+        ctx.targets.downtime.clone(),
+        busy.clone(),
+    );
+    note(&log, started, "pg_restart: pg_ctl restart -m fast".into());
+    downtime.begin();
+    tasks.spawn(async move {
+        let t = Instant::now();
+        match pg.restart().await {
+            Ok(()) => note(
+                &log,
+                started,
+                format!("pg_restart: back after {:.1}s", t.elapsed().as_secs_f64()),
+            ),
+            Err(e) => error(&log, started, format!("pg_restart: {e:#}")),
+        }
+        downtime.end();
+        busy.store(false, Ordering::SeqCst);
+    });
+    true
+}
+
+fn broker_outage(
+    ctx: &FaultCtx,
+    kind: Kind,
+    busy: &Arc<AtomicBool>,
+    tasks: &mut JoinSet<()>,
+) -> bool {
+    let (log, started, downtime, mut heal) = (
+        ctx.log.clone(),
+        ctx.started,
+        ctx.targets.downtime.clone(),
+        ctx.heal.clone(),
+    );
+    match (&ctx.targets.broker, kind) {
+        (BrokerTarget::TansuPause(tansu), Kind::BrokerPause) => {
+            let Some(pid) = tansu.lock().expect("tansu lock").pid() else {
+                return false;
+            };
+            if busy.swap(true, Ordering::SeqCst) {
+                return false;
+            }
+            let d = ctx.duration(2.0, 6.0);
+            if let Err(e) = signal(pid, Signal::SIGSTOP) {
+                error(&log, started, format!("broker_pause: {e:#}"));
+                busy.store(false, Ordering::SeqCst);
+                return false;
+            }
+            downtime.begin();
+            note(
+                &log,
+                started,
+                format!("broker_pause: tansu SIGSTOPped for {:.1}s", d.as_secs_f64()),
+            );
+            let busy = busy.clone();
+            tasks.spawn(async move {
+                sleep_or_stop(d, &mut heal).await;
+                if let Err(e) = signal(pid, Signal::SIGCONT) {
+                    error(&log, started, format!("broker_pause: SIGCONT: {e:#}"));
+                }
+                note(&log, started, "broker_pause: tansu SIGCONTed".into());
+                downtime.end();
+                busy.store(false, Ordering::SeqCst);
+            });
+            true
+        }
+        (BrokerTarget::TansuRestart(tansu, addr), Kind::BrokerRestart) => {
+            if busy.swap(true, Ordering::SeqCst) {
+                return false;
+            }
+            let d = ctx.duration(1.0, 4.0);
+            downtime.begin();
+            tansu.lock().expect("tansu lock").kill();
+            note(
+                &log,
+                started,
+                format!(
+                    "broker_restart: tansu SIGKILLed, back in {:.1}s",
+                    d.as_secs_f64()
+                ),
+            );
+            let (tansu, addr, busy) = (tansu.clone(), addr.clone(), busy.clone());
+            tasks.spawn(async move {
+                sleep_or_stop(d, &mut heal).await;
+                let spawned = tansu.lock().expect("tansu lock").spawn();
+                let ready = match spawned {
+                    Ok(()) => {
+                        crate::broker::wait_ready(&addr, Duration::from_secs(30), || {
+                            tansu.lock().expect("tansu lock").check_alive()
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match ready {
+                    Ok(()) => note(&log, started, "broker_restart: tansu is back".into()),
+                    Err(e) => error(&log, started, format!("broker_restart: {e:#}")),
+                }
+                downtime.end();
+                busy.store(false, Ordering::SeqCst);
+            });
+            true
+        }
+        (BrokerTarget::Mock(mock, _), Kind::RttSpike) => {
+            if busy.swap(true, Ordering::SeqCst) {
+                return false;
+            }
+            let broker = 1 + (ctx.pick % mock.broker_count() as u64) as i32;
+            let rtt = Duration::from_millis(500 + (ctx.pick >> 8) % 2500);
+            let d = ctx.duration(2.0, 6.0);
+            if let Err(e) = mock.apply(MockOp::Rtt { broker, rtt }) {
+                error(&log, started, format!("rtt_spike: {e:#}"));
+                busy.store(false, Ordering::SeqCst);
+                return false;
+            }
+            downtime.begin();
+            note(
+                &log,
+                started,
+                format!(
+                    "rtt_spike: broker {broker} RTT {}ms for {:.1}s",
+                    rtt.as_millis(),
+                    d.as_secs_f64()
+                ),
+            );
+            let (mock, busy) = (mock.clone(), busy.clone());
+            tasks.spawn(async move {
+                sleep_or_stop(d, &mut heal).await;
+                if let Err(e) = mock.apply(MockOp::Rtt {
+                    broker,
+                    rtt: Duration::ZERO,
+                }) {
+                    error(&log, started, format!("rtt_spike: clearing: {e:#}"));
+                }
+                note(
+                    &log,
+                    started,
+                    format!("rtt_spike: broker {broker} RTT back to 0"),
+                );
+                downtime.end();
+                busy.store(false, Ordering::SeqCst);
+            });
+            true
+        }
+        _ => false,
+    }
+}
+
+fn mock_op(ctx: &FaultCtx, kind: Kind) -> bool {
+    let BrokerTarget::Mock(mock, partitions) = &ctx.targets.broker else {
+        return false;
+    };
+    let (op, what) = match kind {
+        Kind::LeaderChange => {
+            let partition = (ctx.pick % *partitions as u64) as i32;
+            let broker = 1 + ((ctx.pick >> 16) % mock.broker_count() as u64) as i32;
+            (
+                MockOp::SetLeader { partition, broker },
+                format!("leader_change: partition {partition} now led by broker {broker}"),
+            )
+        }
+        Kind::ProduceErrors => {
+            let menu = [
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            ];
+            let count = 1 + (ctx.pick % 6) as usize;
+            let errors: Vec<RDKafkaRespErr> = (0..count)
+                .map(|i| menu[((ctx.pick >> (8 + 2 * i)) % menu.len() as u64) as usize])
+                .collect();
+            (
+                MockOp::ProduceErrors(errors.clone()),
+                format!("produce_errors: next {count} Produce requests fail: {errors:?}"),
+            )
+        }
+        _ => return false,
+    };
+    match mock.apply(op) {
+        Ok(()) => {
+            note(&ctx.log, ctx.started, what);
+            true
+        }
+        Err(e) => {
+            error(&ctx.log, ctx.started, format!("{}: {e:#}", kind.name()));
+            false
+        }
+    }
+}
