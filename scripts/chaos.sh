@@ -13,8 +13,9 @@
 #
 # Arguments go to the outbox-chaos program (see its --help). Prints one
 # summary line (and details above it when something is wrong) and exits
-# non-zero on lost or phantom messages, per-key order violations, stale
-# tails, stalls, or too few faults. Logs and report: target/chaos/<run>/.
+# non-zero on lost or phantom messages, per-key order violations,
+# stalls, or too few faults (stale tails are reported only). Logs and
+# report: target/chaos/<run>/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh

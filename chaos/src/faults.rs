@@ -102,7 +102,7 @@ impl FaultLog {
 }
 
 /// The kinds that apply to this broker.
-pub fn kinds(broker: &BrokerTarget) -> Vec<Kind> {
+pub fn kinds(broker: &BrokerTarget, skip: &[String]) -> Vec<Kind> {
     let mut kinds = vec![Kind::RelayKill, Kind::RelayPause, Kind::PgRestart];
     match broker {
         BrokerTarget::TansuPause(_) => kinds.push(Kind::BrokerPause),
@@ -111,6 +111,7 @@ pub fn kinds(broker: &BrokerTarget) -> Vec<Kind> {
             kinds.extend([Kind::LeaderChange, Kind::ProduceErrors, Kind::RttSpike])
         }
     }
+    kinds.retain(|k| !skip.iter().any(|s| s == k.name()));
     kinds
 }
 
@@ -139,9 +140,9 @@ pub async fn run(
     until: Instant,
     started: Instant,
     mut stop: watch::Receiver<bool>,
+    kinds: Vec<Kind>,
 ) -> FaultLog {
     let log: Log = Arc::new(Mutex::new(FaultLog::default()));
-    let kinds = kinds(&targets.broker);
     let (heal_tx, heal_rx) = watch::channel(false);
     let pg_busy = Arc::new(AtomicBool::new(false));
     let broker_busy = Arc::new(AtomicBool::new(false));

@@ -88,7 +88,7 @@ pub struct Settings {
     pub brokers: Option<String>,
 
     /// A librdkafka producer setting KEY=VALUE, applied over the relay's
-    /// defaults (enable.idempotence=true, acks=all, message.timeout.ms=10000,
+    /// defaults (enable.idempotence=true, acks=all, message.timeout.ms=0 (never),
     /// linger.ms=1, partitioner=murmur2_random). Repeatable; in the env,
     /// comma-separated; in the file, a [kafka] table.
     #[arg(
@@ -124,7 +124,8 @@ pub struct Settings {
 
     /// Shard lease: how long a relay holds its share of keys without
     /// renewing; a crashed relay's keys resume after at most this long.
-    /// Must exceed 1.5 x (message.timeout.ms + 1s). [default: 30s]
+    /// At least 3s; with a finite message.timeout.ms, more than
+    /// 1.5 x (message.timeout.ms + 1s). [default: 30s]
     #[arg(long, global = true, env = "OUTBOX_LEASE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub lease: Option<Duration>,

@@ -24,9 +24,15 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default for [`RelayConfig::lease`]: how long a relay holds its shards
 /// without renewing them; a crashed relay's keys wait this long at most.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
-/// Default for the librdkafka `message.timeout.ms` the relay sets: how long
-/// a message may wait for the broker before its delivery fails.
-pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for the librdkafka `message.timeout.ms` the relay sets: zero,
+/// never. A record the broker has not acknowledged stays with librdkafka,
+/// which retries it, in order, until the broker takes it; the relay's
+/// `--stall-timeout` bounds the wait instead (the relay gives its shards
+/// back and exits, which drops what librdkafka still holds). A finite
+/// timeout lets librdkafka fail a record while later records of its
+/// partition still go through (its documentation calls these gaps), and
+/// the relay sends the failed one again after them: per-key order breaks.
+pub const DEFAULT_MESSAGE_TIMEOUT: Duration = Duration::ZERO;
 /// Default for [`RelayConfig::sweep_schedule`]: every 10 seconds.
 pub const DEFAULT_SWEEP_SCHEDULE: &str = "*/10 * * * * *";
 /// Default for [`RelayConfig::retention`]: zero, so a published message is
@@ -127,28 +133,35 @@ impl RelayConfig {
         }
     }
 
-    /// The librdkafka `message.timeout.ms` in effect: the user's setting or
-    /// the relay's default.
-    pub fn message_timeout(&self) -> Result<Duration> {
-        match self
+    /// The librdkafka `message.timeout.ms` in effect (the user's setting or
+    /// the relay's default); `None` when messages never time out (`0`).
+    pub fn message_timeout(&self) -> Result<Option<Duration>> {
+        let ms = match self
             .kafka
             .iter()
             .rev()
             .find(|(k, _)| k == "message.timeout.ms")
         {
-            None => Ok(DEFAULT_MESSAGE_TIMEOUT),
-            Some((_, v)) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|ms| *ms > 0)
-                .map(Duration::from_millis)
-                .ok_or_else(|| {
-                    Error::config(
-                        "kafka.message.timeout.ms",
-                        format!("{v:?} is not a positive number of milliseconds"),
-                    )
-                }),
-        }
+            None => return Ok(Some(DEFAULT_MESSAGE_TIMEOUT).filter(|t| !t.is_zero())),
+            Some((_, v)) => v.parse::<u64>().map_err(|_| {
+                Error::config(
+                    "kafka.message.timeout.ms",
+                    format!("{v:?} is not a number of milliseconds (0: never)"),
+                )
+            })?,
+        };
+        Ok((ms > 0).then(|| Duration::from_millis(ms)))
+    }
+
+    /// A relay starts a batch only while its shard lease has more than
+    /// this left: one message timeout and a second when messages time out
+    /// (so what it sent is acknowledged or failed before the lease ends),
+    /// otherwise a third of the lease (one renewal interval).
+    pub fn lease_margin(&self) -> Result<Duration> {
+        Ok(match self.message_timeout()? {
+            Some(timeout) => timeout + Duration::from_secs(1),
+            None => self.renew_interval(),
+        })
     }
 
     /// How often shard leases are renewed: a third of the lease.
@@ -191,30 +204,37 @@ impl RelayConfig {
             return Err(Error::config("poll-interval", "must be at least 10ms"));
         }
         let timeout = self.message_timeout()?;
-        // A relay publishes only while its lease has more than one message
-        // timeout (plus a second) left, and renews every third of it, so
-        // the lease must leave room for both.
-        if self.lease * 2 / 3 <= timeout + Duration::from_secs(1) {
-            return Err(Error::config(
-                "lease",
-                format!(
-                    "{} is too short for message.timeout.ms={}: it must exceed 1.5 x (message timeout + 1s) = {}",
-                    humantime::format_duration(self.lease),
-                    timeout.as_millis(),
-                    humantime::format_duration((timeout + Duration::from_secs(1)) * 3 / 2)
-                ),
-            ));
+        if let Some(timeout) = timeout {
+            // A relay publishes only while its lease has more than one
+            // message timeout (plus a second) left, and renews every third
+            // of it, so the lease must leave room for both.
+            if self.lease * 2 / 3 <= timeout + Duration::from_secs(1) {
+                return Err(Error::config(
+                    "lease",
+                    format!(
+                        "{} is too short for message.timeout.ms={}: it must exceed 1.5 x (message timeout + 1s) = {}",
+                        humantime::format_duration(self.lease),
+                        timeout.as_millis(),
+                        humantime::format_duration((timeout + Duration::from_secs(1)) * 3 / 2)
+                    ),
+                ));
+            }
+        }
+        if self.lease < Duration::from_secs(3) {
+            return Err(Error::config("lease", "must be at least 3s"));
         }
         // A batch may legitimately wait one message timeout for its
         // reports, and a broker outage pauses the relay; neither is a
         // stall.
-        if self.stall_timeout < (timeout * 2).max(Duration::from_secs(5)) {
+        let floor = timeout
+            .map_or(Duration::ZERO, |t| t * 2)
+            .max(Duration::from_secs(5));
+        if self.stall_timeout < floor {
             return Err(Error::config(
                 "stall-timeout",
                 format!(
-                    "{} is too short: it must be at least twice message.timeout.ms ({} ms) and at least 5s",
+                    "{} is too short: it must be at least 5s and at least twice message.timeout.ms",
                     humantime::format_duration(self.stall_timeout),
-                    timeout.as_millis()
                 ),
             ));
         }
@@ -284,11 +304,15 @@ mod tests {
         );
         assert_eq!(
             setting(RelayConfig {
-                lease: Duration::from_secs(5),
+                lease: Duration::from_secs(2),
                 ..ok()
             }),
             "lease"
         );
+        let mut c = ok();
+        c.kafka.push(("message.timeout.ms".into(), "10000".into()));
+        c.lease = Duration::from_secs(5);
+        assert_eq!(setting(c), "lease");
         assert_eq!(
             setting(RelayConfig {
                 sweep_schedule: "every minute".into(),
@@ -310,5 +334,16 @@ mod tests {
         c.kafka.push(("message.timeout.ms".into(), "2000".into()));
         c.lease = Duration::from_secs(6);
         c.validate().unwrap();
+        assert_eq!(c.lease_margin().unwrap(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn messages_never_time_out_by_default() {
+        let c = ok();
+        assert_eq!(c.message_timeout().unwrap(), None);
+        assert_eq!(c.lease_margin().unwrap(), c.lease / 3);
+        let mut c = ok();
+        c.kafka.push(("message.timeout.ms".into(), "0".into()));
+        assert_eq!(c.message_timeout().unwrap(), None);
     }
 }

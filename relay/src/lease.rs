@@ -41,14 +41,12 @@ impl ShardLeases {
         }
     }
 
-    /// Renews (and rebalances) the leases if a renewal is due. On a
-    /// database error the held shards keep their old deadline and the
-    /// renewal is retried within a second. Returns whether it gained a
-    /// shard it did not hold before.
+    /// Renews and rebalances the leases (the caller checks
+    /// [`renewal_due`](Self::renewal_due) and first lets everything in
+    /// flight settle). On a database error the held shards keep their old
+    /// deadline and the renewal is retried within a second. Returns
+    /// whether it gained a shard it did not hold before.
     pub async fn maintain(&mut self) -> bool {
-        if Instant::now() < self.next_renewal {
-            return false;
-        }
         let started = Instant::now();
         match self
             .store

@@ -123,14 +123,20 @@ fn redact(url: &str) -> String {
 /// Fails at start with a clear [`Error`] when the configuration is
 /// invalid, the database is unreachable, or the schema is missing or too
 /// old (unless `config.migrate`). Once running, database and broker
-/// outages are logged and retried; nothing is lost or returned as an error.
+/// outages are logged and retried. It gives its shards back and returns
+/// [`Error::Stalled`] when nothing was acknowledged for
+/// `config.stall_timeout` while messages waited, and
+/// [`Error::ProducerFatal`] when the producer can send nothing more
+/// (fatal error, fenced, epoch or sequence lost): run it under a
+/// supervisor that restarts it. Nothing is lost either way: unmarked
+/// messages are published again.
 pub async fn run(
     config: RelayConfig,
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
-    let message_timeout = config.message_timeout()?;
+    let lease_margin = config.lease_margin()?;
     let pool = connect(&config).await?;
     if config.migrate {
         outbox::migrate(&pool).await?;
@@ -187,7 +193,7 @@ pub async fn run(
         batch_size: config.batch_size,
         in_flight: config.in_flight,
         poll_interval: config.poll_interval,
-        lease_margin: message_timeout + Duration::from_secs(1),
+        lease_margin,
         retry: config.retry,
         keep_published: !config.retention.is_zero(),
         max_broker_pause: config.renew_interval(),

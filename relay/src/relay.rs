@@ -27,6 +27,10 @@ const MARKING: usize = 4;
 /// cursor (see `run`).
 const CURSOR_RESET: Duration = Duration::from_secs(10);
 
+/// How long a stopping relay still waits for the broker's answer about a
+/// batch in flight.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// A fetch slower than this is logged as a warning and counted in
 /// `outbox_relay_slow_fetches_total`: the relay's statements take
 /// milliseconds on a healthy table, whatever the backlog.
@@ -41,7 +45,7 @@ pub struct LoopSettings {
     /// Longest idle wait.
     pub poll_interval: Duration,
     /// A batch is started only while the shard lease has more than this
-    /// left: the message timeout plus a second.
+    /// left (see `RelayConfig::lease_margin`).
     pub lease_margin: Duration,
     /// Retry schedule.
     pub retry: RetryPolicy,
@@ -141,14 +145,34 @@ impl Pipeline {
         settings: &LoopSettings,
         shutdown: &Shutdown,
     ) -> Option<Settled> {
-        let flight = self.flights.pop_front()?;
-        let reports = match flight.done {
-            Some(done) => done,
-            None => flight.reports.await,
+        let mut flight = self.flights.pop_front()?;
+        let reports = match flight.done.take() {
+            Some(done) => Ok(done),
+            None => wait_for_reports(&mut flight.reports, shutdown.clone()).await,
         };
         let outcomes = match reports {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
+            Ok(Ok(outcomes)) => outcomes,
+            Err(gave_up) => {
+                // Stopping, and the broker does not answer: leave the
+                // batch unmarked (it is published again, by whoever holds
+                // its keys next) rather than wait for ever.
+                tracing::warn!(
+                    messages = flight.batch.len(),
+                    waited = %humantime::format_duration(gave_up),
+                    "stopping without the broker's answer for a batch; it will be published again"
+                );
+                flight.reports.abort();
+                self.key_topics.release(&flight.batch, &flight.sent);
+                self.rewind_to(flight.batch.first().map(|m| m.seq));
+                self.generation += 1;
+                return Some(Settled {
+                    acknowledged: false,
+                    broker_unavailable: false,
+                    producer_broken: false,
+                    first_error: None,
+                });
+            }
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "delivery task failed; its messages will be published again");
                 self.key_topics.release(&flight.batch, &flight.sent);
                 self.rewind_to(flight.batch.first().map(|m| m.seq));
@@ -255,10 +279,12 @@ impl Pipeline {
 
 /// Runs until `shutdown` fires, then finishes the batches in flight and
 /// returns `Ok`. Database and broker errors are logged and retried: the
-/// loop keeps going until told to stop. The one error returned is a fatal
-/// producer error, after which librdkafka's idempotent producer cannot go
-/// on: the relay must exit and be restarted (unmarked messages are then
-/// published again).
+/// loop keeps going until told to stop. The one error returned is a
+/// producer that cannot go on (a fatal error of librdkafka's idempotent
+/// producer, or a producer fenced or whose epoch or sequence the broker
+/// lost): the relay must exit and be restarted (unmarked messages are then
+/// published again). `health` hears of every acknowledged batch and of
+/// every look that found nothing to do.
 ///
 /// Batches are pipelined: up to `in_flight` batches are on the wire while
 /// the next is fetched, and the oldest acknowledged batch is marked while
@@ -299,9 +325,10 @@ pub async fn run(
     // may lie anywhere below it) or the database failed under it.
     let mut cursor = 0_i64;
     let mut cursor_reset = Instant::now();
-    // A batch fetched ahead (the cursor it started from, and the result),
-    // valid only while no batch settled with a failure since (`generation`).
-    let mut next: Option<(i64, JoinHandle<outbox::Result<Vec<PendingMessage>>>)> = None;
+    // A batch fetched ahead (the cursor it started from, the shards it
+    // looked at, and the result), valid only while no batch settled with a
+    // failure since (`generation`) and the shards are still the same.
+    let mut next: Option<Prefetch> = None;
     let mut generation = 0_u64;
     // Whether this relay's row says it waits for work, so that inserts
     // notify (see RelayStore::set_waiting). Set when it runs out of work,
@@ -318,7 +345,11 @@ pub async fn run(
             .is_some_and(|f| f.done.is_some() || f.reports.is_finished())
             || pipe.flights.len() >= settings.in_flight
         {
-            let settled = pipe.settle_oldest(&store, &settings, &shutdown).await;
+            // Waiting for the broker can take long (messages never time
+            // out by default): the leases are extended meanwhile.
+            let settled = leases
+                .keep_while(pipe.settle_oldest(&store, &settings, &shutdown))
+                .await;
             if settled.as_ref().is_some_and(|s| s.acknowledged) {
                 health.progress();
             }
@@ -336,7 +367,9 @@ pub async fn run(
                 ));
             }
             if let Some(s) = settled.as_ref().filter(|s| s.broker_unavailable) {
-                pipe.drain(&store, &settings, &shutdown).await;
+                leases
+                    .keep_while(pipe.drain(&store, &settings, &shutdown))
+                    .await;
                 broker_pause = (broker_pause * 2).clamp(
                     Duration::from_secs(1),
                     MAX_BROKER_PAUSE.min(settings.max_broker_pause),
@@ -357,7 +390,9 @@ pub async fn run(
         if leases.renewal_due() {
             // A renewal may give shards back: nothing of theirs may be in
             // flight when another relay takes them.
-            pipe.drain(&store, &settings, &shutdown).await;
+            leases
+                .keep_while(pipe.drain(&store, &settings, &shutdown))
+                .await;
             if leases.maintain().await {
                 // New shards: their messages may lie below the cursor, and
                 // a batch fetched ahead did not look at them.
@@ -368,7 +403,9 @@ pub async fn run(
         }
         let shards = leases.usable(settings.lease_margin).to_vec();
         if shards.is_empty() {
-            pipe.drain(&store, &settings, &shutdown).await;
+            leases
+                .keep_while(pipe.drain(&store, &settings, &shutdown))
+                .await;
             // Holding no keys is not a stall: another relay has them.
             health.progress();
             let until_renewal = leases
@@ -389,11 +426,11 @@ pub async fn run(
         let prefetched = match next.take() {
             // Fetched while the previous batch was being sent, from where
             // this fetch would start.
-            Some((from, task)) if from == cursor && pipe.generation == generation => {
-                task.await.ok()
+            Some(p) if p.from == cursor && p.shards == shards && pipe.generation == generation => {
+                p.task.await.ok()
             }
-            Some((_, task)) => {
-                task.abort();
+            Some(p) => {
+                p.task.abort();
                 None
             }
             None => None,
@@ -417,7 +454,9 @@ pub async fn run(
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch pending messages; retrying");
-                pipe.drain(&store, &settings, &shutdown).await;
+                leases
+                    .keep_while(pipe.drain(&store, &settings, &shutdown))
+                    .await;
                 // Whatever happened to the database meanwhile (a restart,
                 // a fail-over), look from the start again.
                 cursor = 0;
@@ -442,8 +481,8 @@ pub async fn run(
         // whoever holds the shards.
         if leases.usable(settings.lease_margin) != shards.as_slice() {
             tracing::debug!("shard leases changed during the fetch; dropping the batch");
-            if let Some((_, task)) = next.take() {
-                task.abort();
+            if let Some(p) = next.take() {
+                p.task.abort();
             }
             continue;
         }
@@ -464,10 +503,13 @@ pub async fn run(
                 // notification, so that commits arriving meanwhile go out
                 // together instead of as a stream of one-message batches,
                 // each with its own marking statement.
-                tokio::select! {
-                    done = &mut oldest.reports => oldest.done = Some(done),
-                    _ = shutdown.wait() => {}
-                }
+                let wait = async {
+                    tokio::select! {
+                        done = &mut oldest.reports => oldest.done = Some(done),
+                        _ = shutdown.wait() => {}
+                    }
+                };
+                leases.keep_while(wait).await;
                 continue;
             }
             // Nothing to publish and nothing in flight: not a stall.
@@ -526,13 +568,23 @@ pub async fn run(
         let prefetched = full.then(|| {
             let from = batch.last().map_or(0, |m| m.seq);
             let exclude = pipe.exclusions();
-            let (store, shards, limit) = (store.clone(), shards.clone(), settings.batch_size);
+            let (store, for_shards, limit) = (store.clone(), shards.clone(), settings.batch_size);
             let task = tokio::spawn(async move {
                 store
-                    .fetch_pending(&shards, limit as i64, from, &exclude.seqs, &exclude.keys)
+                    .fetch_pending(
+                        &for_shards,
+                        limit as i64,
+                        from,
+                        &exclude.seqs,
+                        &exclude.keys,
+                    )
                     .await
             });
-            (from, task)
+            Prefetch {
+                from,
+                shards: shards.clone(),
+                task,
+            }
         });
         let sending = publisher.send_batch(&batch, &mut pipe.key_topics).await;
         let blocked: Vec<usize> = sending.blocked_now().collect();
@@ -559,7 +611,7 @@ pub async fn run(
         );
         match prefetched {
             Some(p) if blocked.is_empty() => next = Some(p),
-            Some((_, task)) => task.abort(),
+            Some(p) => p.task.abort(),
             None => {}
         }
         let sent = sending.sent();
@@ -575,6 +627,16 @@ pub async fn run(
     }
     pipe.drain(&store, &settings, &shutdown).await;
     Ok(())
+}
+
+/// A batch fetched while the previous one was being sent.
+struct Prefetch {
+    /// The cursor it fetched from.
+    from: i64,
+    /// The shards it fetched: a batch of shards given back since must not
+    /// be sent.
+    shards: Vec<i16>,
+    task: JoinHandle<outbox::Result<Vec<PendingMessage>>>,
 }
 
 /// What the next fetch must leave out while a batch is being marked.
@@ -760,6 +822,24 @@ async fn settle(store: RelayStore, report: Report, keep_published: bool, mut shu
             }
         }
     }
+}
+
+/// The delivery reports of a batch. Messages never time out by default,
+/// so with the broker away this can wait for ever; once `shutdown` fires
+/// it waits [`STOP_GRACE`] more at most and then returns how long it
+/// waited in all.
+async fn wait_for_reports(
+    reports: &mut JoinHandle<Vec<Outcome>>,
+    mut shutdown: Shutdown,
+) -> Result<Result<Vec<Outcome>, tokio::task::JoinError>, Duration> {
+    let started = Instant::now();
+    tokio::select! {
+        done = &mut *reports => return Ok(done),
+        _ = shutdown.wait() => {}
+    }
+    tokio::time::timeout(STOP_GRACE, reports)
+        .await
+        .map_err(|_| started.elapsed())
 }
 
 /// Sleeps for `d` or until shutdown.
