@@ -162,27 +162,11 @@ impl Pipeline {
                     "stopping without the broker's answer for a batch; it will be published again"
                 );
                 flight.reports.abort();
-                self.key_topics.release(&flight.batch, &flight.sent);
-                self.rewind_to(flight.batch.first().map(|m| m.seq));
-                self.generation += 1;
-                return Some(Settled {
-                    acknowledged: false,
-                    broker_unavailable: false,
-                    producer_broken: false,
-                    first_error: None,
-                });
+                return Some(self.unsettled(&flight));
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "delivery task failed; its messages will be published again");
-                self.key_topics.release(&flight.batch, &flight.sent);
-                self.rewind_to(flight.batch.first().map(|m| m.seq));
-                self.generation += 1;
-                return Some(Settled {
-                    acknowledged: false,
-                    broker_unavailable: false,
-                    producer_broken: false,
-                    first_error: None,
-                });
+                return Some(self.unsettled(&flight));
             }
         };
         self.key_topics.release(&flight.batch, &flight.sent);
@@ -253,6 +237,20 @@ impl Pipeline {
         // acknowledged any more.
         if self.flights.is_empty() {
             self.failed_keys.clear();
+        }
+    }
+
+    /// Forgets a batch whose outcome is unknown: nothing of it is marked,
+    /// so all of it is published again, and nothing may overtake it.
+    fn unsettled(&mut self, flight: &Flight) -> Settled {
+        self.key_topics.release(&flight.batch, &flight.sent);
+        self.rewind_to(flight.batch.first().map(|m| m.seq));
+        self.generation += 1;
+        Settled {
+            acknowledged: false,
+            broker_unavailable: false,
+            producer_broken: false,
+            first_error: None,
         }
     }
 
