@@ -24,7 +24,10 @@ source scripts/services.sh
 # PostgreSQL 15 binaries; the shared server on 5432 is not used.
 ensure_tansu
 log "building outbox-relay and outbox-chaos (debug, as the tests)"
-cargo build --locked -p outbox-relay -p outbox-chaos
+# The whole workspace's binaries, so dependencies are built with the same
+# features as for the tests and their build is reused (building only these
+# two packages would compile tokio, sqlx and rdkafka again).
+cargo build --locked --workspace --bins
 
 exec ./target/debug/outbox-chaos \
   --tansu-bin "$TANSU_BIN" \
