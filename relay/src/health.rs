@@ -13,8 +13,6 @@ use std::time::Duration;
 // tokio's clock, so the tests can pause time.
 use tokio::time::Instant;
 
-use crate::shutdown::Shutdown;
-
 /// How often the watchdog looks.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
@@ -85,18 +83,15 @@ impl Health {
     }
 }
 
-/// Watches `health` until `shutdown`: after `limit / 2` without progress it
-/// warns, sets `outbox_relay_stalled` and turns `/healthz` to 503 with the
-/// reason; after `limit` it records the stall and calls `stop`, so the
-/// relay gives its keys back and exits non-zero for its supervisor to
-/// restart it.
-pub async fn watch(health: Health, limit: Duration, stop: impl FnOnce(), mut shutdown: Shutdown) {
+/// Watches `health`: after `limit / 2` without progress it warns, sets
+/// `outbox_relay_stalled` and turns `/healthz` to 503 with the reason;
+/// after `limit` it records the stall (see [`Health::stalled`]) and
+/// completes, so the caller stops the relay, which gives its keys back and
+/// exits non-zero for its supervisor to restart it. Runs until then.
+pub async fn watch(health: Health, limit: Duration) {
     let mut warned = false;
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(WATCH_EVERY) => {}
-            _ = shutdown.wait() => return,
-        }
+        tokio::time::sleep(WATCH_EVERY).await;
         let idle = health.idle_for();
         if idle < limit / 2 {
             warned = false;
@@ -119,7 +114,6 @@ pub async fn watch(health: Health, limit: Duration, stop: impl FnOnce(), mut shu
                 "giving up: releasing the shard leases and exiting so a supervisor restarts the relay"
             );
             health.state().stalled = Some(reason);
-            stop();
             return;
         }
     }
@@ -132,15 +126,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_loop_without_progress_is_reported_then_stopped() {
         let health = Health::default();
-        let (_trigger, shutdown) = crate::shutdown::channel();
-        let stopped = Arc::new(Mutex::new(false));
-        let flag = stopped.clone();
-        let watcher = tokio::spawn(watch(
-            health.clone(),
-            Duration::from_secs(10),
-            move || *flag.lock().unwrap() = true,
-            shutdown,
-        ));
+        let watcher = tokio::spawn(watch(health.clone(), Duration::from_secs(10)));
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(health.problem(), None, "healthy before half the limit");
         health.progress();
@@ -149,9 +135,9 @@ mod tests {
             health.problem().is_some(),
             "unhealthy after half the limit without progress"
         );
-        assert!(!*stopped.lock().unwrap());
+        assert!(!watcher.is_finished());
         tokio::time::sleep(Duration::from_secs(4)).await;
-        assert!(*stopped.lock().unwrap(), "stopped at the limit");
+        assert!(watcher.is_finished(), "stopped at the limit");
         assert!(health.stalled().is_some());
         watcher.await.unwrap();
     }
@@ -159,18 +145,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn progress_clears_the_warning() {
         let health = Health::default();
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let watcher = tokio::spawn(watch(
-            health.clone(),
-            Duration::from_secs(10),
-            || panic!("must not stop"),
-            shutdown,
-        ));
+        let watcher = tokio::spawn(watch(health.clone(), Duration::from_secs(10)));
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert!(health.problem().is_some());
         health.progress();
         assert_eq!(health.problem(), None);
-        trigger.trigger();
-        watcher.await.unwrap();
+        assert!(!watcher.is_finished(), "must not stop");
+        watcher.abort();
     }
 }

@@ -199,15 +199,8 @@ pub async fn run(
         max_broker_pause: config.renew_interval(),
     };
 
-    // The watchdog stops the loop (through its own trigger, so the HTTP
-    // endpoint keeps answering 503 until the relay exits).
-    let (stall_trigger, stalled) = shutdown::channel();
-    let watchdog = tokio::spawn(health::watch(
-        health.clone(),
-        config.stall_timeout,
-        move || stall_trigger.trigger(),
-        shutdown.clone(),
-    ));
+    // The loop has a shutdown of its own, so that the watchdog can stop it
+    // while the HTTP endpoint keeps answering 503 until the relay exits.
     let outcome = {
         let (loop_trigger, loop_shutdown) = shutdown::channel();
         let publishing = relay::run(
@@ -220,14 +213,13 @@ pub async fn run(
             loop_shutdown,
         );
         tokio::pin!(publishing);
-        let mut stalled = stalled;
         tokio::select! {
             outcome = &mut publishing => outcome,
             _ = stop => {
                 loop_trigger.trigger();
                 publishing.await
             }
-            _ = stalled.wait() => {
+            _ = health::watch(health.clone(), config.stall_timeout) => {
                 loop_trigger.trigger();
                 publishing.await
             }
@@ -237,7 +229,6 @@ pub async fn run(
         health.set_problem(reason.clone());
     }
     trigger.trigger();
-    let _ = watchdog.await;
     leases.release().await;
     publisher.flush(FLUSH_TIMEOUT);
     let _ = scheduler.shutdown().await;

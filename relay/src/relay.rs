@@ -127,7 +127,10 @@ impl Pipeline {
     /// The highest seq the fetch cursor may stand at: just below the
     /// lowest held message of any batch not yet settled.
     fn cursor_limit(&self) -> Option<i64> {
-        let marking = self.marking.iter().filter_map(|(_, e)| e.lowest_held);
+        let marking = self
+            .marking
+            .iter()
+            .filter_map(|(_, e)| e.lowest_unpublished);
         self.flights
             .iter()
             .filter_map(|f| f.lowest_held)
@@ -175,8 +178,7 @@ impl Pipeline {
             self.generation += 1;
         }
         self.watch_gaps(&flight.batch, &outcomes);
-        let unpublished = report.lowest_unpublished(&flight.batch);
-        self.rewind_to(unpublished);
+        self.rewind_to(report.lowest_unpublished);
         report.record_metrics(flight.started.elapsed());
         let settled = Settled {
             acknowledged: !report.published.is_empty(),
@@ -184,7 +186,7 @@ impl Pipeline {
             producer_broken: report.producer_broken,
             first_error: report.first_error.clone(),
         };
-        let exclusions = report.exclusions(&flight.batch, unpublished);
+        let exclusions = report.exclusions(&flight.batch);
         while self.marking.front().is_some_and(|(t, _)| t.is_finished())
             || self.marking.len() >= MARKING
         {
@@ -210,6 +212,11 @@ impl Pipeline {
     /// them. Nothing can take such a message back, so this is reported, as
     /// an error and in `outbox_relay_order_gaps_total`, never hidden.
     fn watch_gaps(&mut self, batch: &[PendingMessage], outcomes: &[Outcome]) {
+        let failed = |o: &Outcome| matches!(o, Outcome::Failed { .. });
+        if self.failed_keys.is_empty() && !outcomes.iter().any(failed) {
+            // The usual case: nothing to look up per message.
+            return;
+        }
         let mut gaps = 0_u64;
         for (m, outcome) in batch.iter().zip(outcomes) {
             let Some(key) = &m.key else { continue };
@@ -261,17 +268,28 @@ impl Pipeline {
         }
     }
 
-    /// Settles every batch in flight and waits for the marking.
-    async fn drain(&mut self, store: &RelayStore, settings: &LoopSettings, shutdown: &Shutdown) {
+    /// Settles every batch in flight and waits for the marking, extending
+    /// the leases meanwhile (the broker may take long to answer: messages
+    /// never time out by default).
+    async fn drain(
+        &mut self,
+        leases: &mut ShardLeases,
+        store: &RelayStore,
+        settings: &LoopSettings,
+        shutdown: &Shutdown,
+    ) {
         self.generation += 1;
-        while self
-            .settle_oldest(store, settings, shutdown)
-            .await
-            .is_some()
-        {}
-        while !self.marking.is_empty() {
-            finish(&mut self.marking).await;
-        }
+        let settle_all = async {
+            while self
+                .settle_oldest(store, settings, shutdown)
+                .await
+                .is_some()
+            {}
+            while !self.marking.is_empty() {
+                finish(&mut self.marking).await;
+            }
+        };
+        leases.keep_while(settle_all).await;
     }
 }
 
@@ -352,22 +370,20 @@ pub async fn run(
                 health.progress();
             }
             if let Some(fatal) = publisher.fatal_error() {
-                pipe.drain(&store, &settings, &shutdown).await;
+                pipe.drain(leases, &store, &settings, &shutdown).await;
                 return Err(fatal);
             }
             if let Some(s) = settled.as_ref().filter(|s| s.producer_broken) {
                 // Every later send fails the same way: stop, so that a new
                 // producer (a restarted relay) takes over these keys.
-                pipe.drain(&store, &settings, &shutdown).await;
+                pipe.drain(leases, &store, &settings, &shutdown).await;
                 return Err(format!(
                     "the producer can send nothing more: {}",
                     s.first_error.as_deref().unwrap_or("")
                 ));
             }
             if let Some(s) = settled.as_ref().filter(|s| s.broker_unavailable) {
-                leases
-                    .keep_while(pipe.drain(&store, &settings, &shutdown))
-                    .await;
+                pipe.drain(leases, &store, &settings, &shutdown).await;
                 broker_pause = (broker_pause * 2).clamp(
                     Duration::from_secs(1),
                     MAX_BROKER_PAUSE.min(settings.max_broker_pause),
@@ -388,9 +404,7 @@ pub async fn run(
         if leases.renewal_due() {
             // A renewal may give shards back: nothing of theirs may be in
             // flight when another relay takes them.
-            leases
-                .keep_while(pipe.drain(&store, &settings, &shutdown))
-                .await;
+            pipe.drain(leases, &store, &settings, &shutdown).await;
             if leases.maintain().await {
                 // New shards: their messages may lie below the cursor, and
                 // a batch fetched ahead did not look at them.
@@ -401,9 +415,7 @@ pub async fn run(
         }
         let shards = leases.usable(settings.lease_margin).to_vec();
         if shards.is_empty() {
-            leases
-                .keep_while(pipe.drain(&store, &settings, &shutdown))
-                .await;
+            pipe.drain(leases, &store, &settings, &shutdown).await;
             // Holding no keys is not a stall: another relay has them.
             health.progress();
             let until_renewal = leases
@@ -452,9 +464,7 @@ pub async fn run(
             Ok(batch) => batch,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot fetch pending messages; retrying");
-                leases
-                    .keep_while(pipe.drain(&store, &settings, &shutdown))
-                    .await;
+                pipe.drain(leases, &store, &settings, &shutdown).await;
                 // Whatever happened to the database meanwhile (a restart,
                 // a fail-over), look from the start again.
                 cursor = 0;
@@ -623,7 +633,7 @@ pub async fn run(
             done: None,
         });
     }
-    pipe.drain(&store, &settings, &shutdown).await;
+    pipe.drain(leases, &store, &settings, &shutdown).await;
     Ok(())
 }
 
@@ -642,9 +652,9 @@ struct Prefetch {
 struct Exclusions {
     seqs: Vec<i64>,
     keys: Vec<Vec<u8>>,
-    /// The batch's lowest message not published (held, or failed and
-    /// not yet recorded), which the fetch cursor must not pass.
-    lowest_held: Option<i64>,
+    /// The batch's lowest message not published, which the fetch cursor
+    /// must not pass while the batch is being marked.
+    lowest_unpublished: Option<i64>,
 }
 
 /// Waits for the oldest batch being marked, if any.
@@ -678,6 +688,11 @@ struct Report {
     first_error: Option<String>,
     /// Keys with a failed or held message in this batch.
     blocked_keys: Vec<Vec<u8>>,
+    /// The lowest message of the batch that was not published, if any.
+    /// Failures recorded with a backoff keep their key waiting wherever
+    /// the cursor stands; the others (broker unavailable, held, producer
+    /// broken) are found again only by a fetch that starts below them.
+    lowest_unpublished: Option<i64>,
 }
 
 impl Report {
@@ -693,8 +708,13 @@ impl Report {
             producer_broken: false,
             first_error: None,
             blocked_keys: Vec::new(),
+            lowest_unpublished: None,
         };
         for (m, outcome) in batch.iter().zip(outcomes) {
+            if *outcome != Outcome::Published && r.lowest_unpublished.is_none() {
+                // The batch is in seq order: the first is the lowest.
+                r.lowest_unpublished = Some(m.seq);
+            }
             match outcome {
                 Outcome::Published => r.published.push(m.seq),
                 Outcome::Held => {
@@ -736,31 +756,15 @@ impl Report {
         r
     }
 
-    /// The lowest message of the batch that was not published, if any.
-    /// Failures recorded with a backoff keep their key waiting wherever
-    /// the cursor stands; the others (broker unavailable, held, producer
-    /// broken) are found again only by a fetch that starts below them.
-    fn lowest_unpublished(&self, batch: &[PendingMessage]) -> Option<i64> {
-        if self.published.len() == batch.len() {
-            return None;
-        }
-        let published: std::collections::HashSet<i64> = self.published.iter().copied().collect();
-        batch
-            .iter()
-            .map(|m| m.seq)
-            .filter(|s| !published.contains(s))
-            .min()
-    }
-
     /// The batch's messages, and the keys that failed or were held back.
-    fn exclusions(&self, batch: &[PendingMessage], lowest_held: Option<i64>) -> Exclusions {
+    fn exclusions(&self, batch: &[PendingMessage]) -> Exclusions {
         let mut keys: Vec<Vec<u8>> = self.blocked_keys.clone();
         keys.sort_unstable();
         keys.dedup();
         Exclusions {
             seqs: batch.iter().map(|m| m.seq).collect(),
             keys,
-            lowest_held,
+            lowest_unpublished: self.lowest_unpublished,
         }
     }
 
@@ -893,7 +897,7 @@ mod tests {
             Exclusions {
                 seqs: vec![5],
                 keys: vec![b"x".to_vec(), b"y".to_vec()],
-                lowest_held: Some(7),
+                lowest_unpublished: Some(7),
             },
         ));
         let e = pipe.exclusions();
@@ -961,7 +965,7 @@ mod tests {
         let retry = RetryPolicy::default();
         let published = [Outcome::Published, Outcome::Published, Outcome::Published];
         let all = Report::new(&batch, &published, &retry);
-        assert_eq!(all.lowest_unpublished(&batch), None);
+        assert_eq!(all.lowest_unpublished, None);
         // The whole batch failed for broker reasons: nothing is recorded
         // against the messages, so only a fetch from below finds them.
         let down = Report::new(
@@ -970,13 +974,13 @@ mod tests {
             &retry,
         );
         assert!(down.broker_unavailable);
-        assert_eq!(down.lowest_unpublished(&batch), Some(5));
+        assert_eq!(down.lowest_unpublished, Some(5));
         let held = Report::new(
             &batch,
             &[Outcome::Published, failed(true), Outcome::Held],
             &retry,
         );
-        assert_eq!(held.lowest_unpublished(&batch), Some(6));
+        assert_eq!(held.lowest_unpublished, Some(6));
         let broken = Report::new(
             &batch,
             &[
@@ -990,7 +994,7 @@ mod tests {
         );
         assert!(broken.producer_broken);
         assert!(broken.failures.is_empty(), "no attempt is counted");
-        assert_eq!(broken.lowest_unpublished(&batch), Some(6));
+        assert_eq!(broken.lowest_unpublished, Some(6));
     }
 
     #[tokio::test]
@@ -1032,7 +1036,7 @@ mod tests {
             failed(false),
         ];
         let r = Report::new(&batch, &outcomes, &RetryPolicy::default());
-        let e = r.exclusions(&batch, None);
+        let e = r.exclusions(&batch);
         assert_eq!(e.seqs, vec![1, 2, 3, 4]);
         assert_eq!(e.keys, vec![b"a".to_vec(), b"c".to_vec()]);
     }
