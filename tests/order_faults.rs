@@ -367,3 +367,43 @@ async fn a_relay_that_cannot_publish_says_so_then_gives_up_its_keys() -> Result<
     );
     Ok(())
 }
+
+/// Messages never time out by default, so a relay may wait for the broker
+/// for a long time with batches in flight. It keeps its leases meanwhile:
+/// otherwise its keys would pass to another relay while its own records
+/// can still arrive. After the outage everything is published.
+#[tokio::test]
+async fn a_relay_waiting_for_the_broker_keeps_its_leases() -> Result<()> {
+    let db = TestDb::new().await?;
+    let topic = common::unique_topic("waiting-lease");
+    let cluster = rdkafka::mocking::MockCluster::new(1)?;
+    cluster.create_topic(&topic, 6, 1)?;
+    let brokers = cluster.bootstrap_servers();
+    let args = [
+        "--lease",
+        "3s",
+        "--stall-timeout",
+        "60s",
+        "--batch-size",
+        "10",
+        "--name",
+        "waiting",
+    ];
+    let relay = Relay::spawn("order_faults-waiting-lease", &db.url, &brokers, &args)?;
+    db.enqueue_numbered(&topic, 50, 10).await?;
+    db.wait_all_published(50, Duration::from_secs(30)).await?;
+    cluster.broker_down(1)?;
+    db.enqueue_numbered(&topic, 200, 10).await?;
+    // Three leases long: without extensions the lease would have lapsed
+    // twice over while the batches in flight wait for the broker.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let owners = db.shard_owners().await?;
+    assert_eq!(
+        owners.get("waiting").copied(),
+        Some(256),
+        "the waiting relay lost its leases: {owners:?}; see {}",
+        relay.log.display()
+    );
+    cluster.broker_up(1)?;
+    db.wait_all_published(250, Duration::from_secs(60)).await
+}
