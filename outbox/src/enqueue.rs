@@ -6,9 +6,6 @@ use crate::message::{Message, MessageId};
 
 /// Bind parameters one message takes in the insert statement.
 const BINDS_PER_MESSAGE: usize = 9;
-/// Most messages [`Outbox::enqueue_all`] writes in one call: PostgreSQL
-/// takes at most 65,535 bind parameters in one statement.
-pub const MAX_MESSAGES_PER_CALL: usize = u16::MAX as usize / BINDS_PER_MESSAGE;
 
 /// Writes messages into the outbox table, inside whatever transaction the
 /// caller is in. It never begins, commits or rolls back anything itself:
@@ -22,6 +19,10 @@ pub struct Outbox {
 }
 
 impl Outbox {
+    /// Most messages [`Outbox::enqueue_all`] writes in one call: PostgreSQL
+    /// takes at most 65,535 bind parameters in one statement.
+    pub const MAX_MESSAGES_PER_CALL: usize = u16::MAX as usize / BINDS_PER_MESSAGE;
+
     /// An outbox with [`Limits::default()`].
     pub fn new() -> Self {
         Self::default()
@@ -55,7 +56,7 @@ impl Outbox {
     /// is their publishing order per key), and returns their ids in the same
     /// order. Every message is validated before anything is written.
     ///
-    /// At most [`MAX_MESSAGES_PER_CALL`] messages per call; call again in
+    /// At most [`Outbox::MAX_MESSAGES_PER_CALL`] messages per call; call again in
     /// the same transaction for more.
     pub async fn enqueue_all<'c, E, I>(&self, executor: E, messages: I) -> Result<Vec<MessageId>>
     where
@@ -66,10 +67,10 @@ impl Outbox {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        if messages.len() > MAX_MESSAGES_PER_CALL {
+        if messages.len() > Self::MAX_MESSAGES_PER_CALL {
             return Err(Error::TooManyMessages {
                 count: messages.len(),
-                limit: MAX_MESSAGES_PER_CALL,
+                limit: Self::MAX_MESSAGES_PER_CALL,
             });
         }
         for message in &messages {

@@ -1,7 +1,7 @@
 use sqlx::PgExecutor;
-use uuid::Uuid;
 
 use crate::error::Result;
+use crate::message::MessageId;
 
 /// The idempotent-consumer record of one consumer: which message ids it
 /// has already processed.
@@ -39,7 +39,7 @@ impl Inbox {
     ///
     /// Fails with [`Error::Database`](crate::Error::Database); the
     /// transaction should then be rolled back and the message retried.
-    pub async fn receive<'c, E>(&self, executor: E, message_id: Uuid) -> Result<bool>
+    pub async fn receive<'c, E>(&self, executor: E, message_id: MessageId) -> Result<bool>
     where
         E: PgExecutor<'c>,
     {
@@ -48,7 +48,7 @@ impl Inbox {
              ON CONFLICT DO NOTHING",
         )
         .bind(&self.consumer)
-        .bind(message_id)
+        .bind(message_id.0)
         .execute(executor)
         .await?;
         Ok(inserted.rows_affected() == 1)
@@ -61,7 +61,7 @@ impl Inbox {
 /// Returns `true` if this call completed it, `false` if it was already
 /// completed (a duplicate reply), dead, deleted, or is unknown: a late or
 /// repeated reply changes nothing.
-pub async fn confirm<'c, E>(executor: E, message_id: Uuid) -> Result<bool>
+pub async fn confirm<'c, E>(executor: E, message_id: MessageId) -> Result<bool>
 where
     E: PgExecutor<'c>,
 {
@@ -69,7 +69,7 @@ where
         "UPDATE outbox.message SET status = 'completed', completed_at = now(), confirm_by = NULL \
          WHERE id = $1 AND status IN ('pending', 'published', 'awaiting')",
     )
-    .bind(message_id)
+    .bind(message_id.0)
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)

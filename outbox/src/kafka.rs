@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::error::{is_transient, Result};
 use crate::inbox::Inbox;
+use crate::message::MessageId;
 
 /// Longest pause between retries of one message.
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
@@ -31,7 +32,7 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
     /// The `outbox-id` header: the id to de-duplicate and to confirm on.
-    pub id: Uuid,
+    pub id: MessageId,
     /// The `outbox-type` header, when present.
     pub message_type: Option<String>,
     /// Topic it came from.
@@ -234,7 +235,7 @@ impl<H: Handler> InboxConsumer<H> {
                 &r.topic,
                 r.partition,
                 r.offset,
-                Some(r.id),
+                Some(r.id.0),
                 r.key.as_deref(),
                 r.payload.as_deref(),
                 why,
@@ -310,7 +311,7 @@ async fn insert_parked(
 }
 
 /// Reads the outbox headers of a record; `Err` says why it is malformed.
-pub fn parse(m: &BorrowedMessage<'_>) -> Result<Received, String> {
+fn parse(m: &BorrowedMessage<'_>) -> Result<Received, String> {
     let mut headers = Vec::new();
     if let Some(h) = m.headers() {
         for header in h.iter() {
@@ -329,7 +330,7 @@ pub fn parse(m: &BorrowedMessage<'_>) -> Result<Received, String> {
     let id = find(crate::headers::ID).ok_or("no outbox-id header")?;
     let id = std::str::from_utf8(id)
         .ok()
-        .and_then(|s| Uuid::parse_str(s).ok())
+        .and_then(|s| s.parse::<MessageId>().ok())
         .ok_or("the outbox-id header is not a UUID")?;
     let message_type = find(crate::headers::TYPE).map(|t| String::from_utf8_lossy(t).into_owned());
     Ok(Received {

@@ -34,28 +34,25 @@
 //! # let _ = id; Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod enqueue;
 mod error;
 mod inbox;
 #[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
 mod limits;
 mod message;
 mod migrate;
-mod retry;
-mod store;
+pub mod schema;
 
-pub use enqueue::{Outbox, MAX_MESSAGES_PER_CALL};
+pub use enqueue::Outbox;
 pub use error::{Error, Result};
 pub use inbox::{confirm, Inbox};
-pub use limits::{
-    validate_topic, Limits, DEFAULT_MAX_HEADERS_BYTES, DEFAULT_MAX_HEADER_VALUE_BYTES,
-    DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_PAYLOAD_BYTES, RESERVED_HEADER_PREFIX,
-};
+pub use limits::Limits;
 pub use message::{Message, MessageId};
-pub use migrate::{check_schema, migrate, required_schema_version, MIGRATOR};
-pub use retry::{RetryPolicy, DEFAULT_BASE_DELAY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_DELAY};
-pub use store::{Backlog, Failure, PendingMessage, RelayStore, SHARD_COUNT};
+pub use migrate::{check_schema, migrate};
 
 /// Header names the relay sets on every record.
 pub mod headers {
@@ -65,9 +62,12 @@ pub mod headers {
     pub const TYPE: &str = "outbox-type";
     /// When the message was enqueued (RFC 3339, UTC).
     pub const CREATED_AT: &str = "outbox-created-at";
+    /// Header names starting with this prefix are the relay's (the three
+    /// above) and are refused from applications.
+    pub const RESERVED_PREFIX: &str = "outbox-";
 }
 
-// Compile the README's examples as doc tests, so they cannot rot.
-#[doc = include_str!("../../README.md")]
+// Compile the README's and the docs' examples as doc tests, so they
+// cannot rot.
 #[cfg(doctest)]
-pub struct ReadmeDoctests;
+mod doctests;

@@ -3,19 +3,16 @@ use crate::message::Message;
 
 /// Default for [`Limits::max_payload_bytes`]: 1 MiB, Kafka's default
 /// `message.max.bytes` neighbourhood.
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Default for [`Limits::max_key_bytes`]: 1 KiB. Keys are indexed;
 /// PostgreSQL cannot index values over about 2.7 KB at all.
-pub const DEFAULT_MAX_KEY_BYTES: usize = 1024;
+const DEFAULT_MAX_KEY_BYTES: usize = 1024;
 /// Default for [`Limits::max_header_value_bytes`]: 16 KiB.
-pub const DEFAULT_MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
+const DEFAULT_MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 /// Default for [`Limits::max_headers_bytes`]: 64 KiB, names and values of
 /// all of a message's headers together.
-pub const DEFAULT_MAX_HEADERS_BYTES: usize = 64 * 1024;
+const DEFAULT_MAX_HEADERS_BYTES: usize = 64 * 1024;
 
-/// Header names starting with this prefix are set by the relay
-/// (`outbox-id`, `outbox-type`, `outbox-created-at`) and refused from users.
-pub const RESERVED_HEADER_PREFIX: &str = "outbox-";
 
 const MAX_TOPIC_LEN: usize = 249;
 const MAX_HEADER_NAME_LEN: usize = 255;
@@ -85,10 +82,11 @@ impl Limits {
             }
             if name
                 .to_ascii_lowercase()
-                .starts_with(RESERVED_HEADER_PREFIX)
+                .starts_with(crate::headers::RESERVED_PREFIX)
             {
                 return Err(bad(format!(
-                    "the {RESERVED_HEADER_PREFIX:?} prefix is reserved for headers the relay sets"
+                    "the {:?} prefix is reserved for headers the relay sets",
+                    crate::headers::RESERVED_PREFIX
                 )));
             }
             if value.len() > self.max_header_value_bytes {
@@ -112,7 +110,7 @@ impl Limits {
 
 /// Checks a topic name against Kafka's rules: 1 to 249 characters from
 /// `[a-zA-Z0-9._-]`, and not `.` or `..`.
-pub fn validate_topic(topic: &str) -> Result<()> {
+pub(crate) fn validate_topic(topic: &str) -> Result<()> {
     let bad = |reason| {
         Err(Error::InvalidTopic {
             topic: topic.to_owned(),

@@ -1,4 +1,5 @@
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,6 +29,21 @@ impl Default for MessageId {
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
+    }
+}
+
+impl From<Uuid> for MessageId {
+    fn from(id: Uuid) -> Self {
+        MessageId(id)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = uuid::Error;
+
+    /// Parses the text form the relay sends in the `outbox-id` header.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(MessageId)
     }
 }
 

@@ -5,8 +5,11 @@ use crate::error::{Error, Result};
 
 /// The outbox schema's migrations, embedded from the workspace's
 /// `migrations/` folder. Their history is kept in
-/// `outbox._sqlx_migrations`, apart from the application's own.
-pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+/// `outbox._sqlx_migrations`, apart from the application's own. Private:
+/// run directly it would record its history in `public._sqlx_migrations`
+/// and hold sqlx's migration lock against the application's own
+/// migrations; [`migrate`] sets the search path first.
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Creates or upgrades the `outbox` schema. Safe to call from every
 /// instance at start-up: concurrent callers wait on sqlx's migration lock
@@ -40,7 +43,7 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 }
 
 /// The newest migration version this build embeds.
-pub fn required_schema_version() -> i64 {
+pub(crate) fn required_schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use outbox::RetryPolicy;
+use outbox_relay::RetryPolicy;
 use outbox_relay::{Error, RelayConfig, Wakeup};
 use serde::Deserialize;
 
@@ -135,6 +135,12 @@ pub struct Settings {
     #[arg(long, global = true, env = "OUTBOX_MAX_ATTEMPTS")]
     pub max_attempts: Option<u32>,
 
+    /// Times a message whose end-to-end confirmation (confirm_within) is
+    /// overdue is sent again before it is dead-lettered; 0 dead-letters it
+    /// at the first missed deadline (0..=1000). [default: 10]
+    #[arg(long, global = true, env = "OUTBOX_MAX_RESENDS")]
+    pub max_resends: Option<u32>,
+
     /// Retry delay after the first failure; doubles per attempt, with
     /// jitter. [default: 1s]
     #[arg(long, global = true, env = "OUTBOX_BACKOFF_BASE", value_parser = humantime::parse_duration)]
@@ -232,6 +238,7 @@ impl Settings {
         take!(name => c.name);
         take!(connect_timeout => c.connect_timeout);
         take!(stall_timeout => c.stall_timeout);
+        take!(max_resends => c.max_resends);
         let defaults = RetryPolicy::default();
         c.retry = RetryPolicy {
             max_attempts: self

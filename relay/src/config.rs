@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use outbox::RetryPolicy;
+use crate::retry::RetryPolicy;
 
 use crate::error::{Error, Result};
 
@@ -47,6 +47,10 @@ pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600
 pub const DEFAULT_CLEANUP_BATCH: i64 = 10_000;
 /// Default for [`RelayConfig::http_listen`].
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9187";
+/// Default for [`RelayConfig::max_resends`].
+pub const DEFAULT_MAX_RESENDS: u32 = 10;
+/// Largest [`RelayConfig::max_resends`] accepted.
+const MAX_RESENDS_LIMIT: u32 = 1000;
 /// Default for [`RelayConfig::stall_timeout`]: a relay that has messages
 /// to publish and none acknowledged for a minute gives its shards back and
 /// exits non-zero (it turns `/healthz` to 503 after half of it).
@@ -84,8 +88,11 @@ pub struct RelayConfig {
     pub wakeup: Wakeup,
     /// Shard lease length.
     pub lease: Duration,
-    /// Retry schedule and dead-letter budget.
+    /// Retry schedule and dead-letter budget of failed publishes.
     pub retry: RetryPolicy,
+    /// How often a message whose end-to-end confirmation is overdue is
+    /// sent again before it is dead-lettered (0: never re-sent).
+    pub max_resends: u32,
     /// Cron expression (6 fields, seconds first) for the sweeper.
     pub sweep_schedule: String,
     /// How long published messages are kept before cleanup deletes them.
@@ -121,6 +128,7 @@ impl RelayConfig {
             wakeup: Wakeup::Notify,
             lease: DEFAULT_LEASE,
             retry: RetryPolicy::default(),
+            max_resends: DEFAULT_MAX_RESENDS,
             sweep_schedule: DEFAULT_SWEEP_SCHEDULE.into(),
             retention: DEFAULT_RETENTION,
             inbox_retention: DEFAULT_INBOX_RETENTION,
@@ -241,6 +249,15 @@ impl RelayConfig {
         if self.retry.max_attempts == 0 {
             return Err(Error::config("max-attempts", "must be at least 1"));
         }
+        if self.max_resends > MAX_RESENDS_LIMIT {
+            return Err(Error::config(
+                "max-resends",
+                format!(
+                    "{} is above {MAX_RESENDS_LIMIT}; a message that many re-sends did not confirm needs a person, not another re-send",
+                    self.max_resends
+                ),
+            ));
+        }
         if self.retry.base_delay.is_zero() || self.retry.base_delay > self.retry.max_delay {
             return Err(Error::config(
                 "backoff-base",
@@ -313,6 +330,19 @@ mod tests {
         c.kafka.push(("message.timeout.ms".into(), "10000".into()));
         c.lease = Duration::from_secs(5);
         assert_eq!(setting(c), "lease");
+        assert_eq!(
+            setting(RelayConfig {
+                max_resends: 1001,
+                ..ok()
+            }),
+            "max-resends"
+        );
+        RelayConfig {
+            max_resends: 0,
+            ..ok()
+        }
+        .validate()
+        .expect("0 re-sends is valid: dead-letter at the first missed deadline");
         assert_eq!(
             setting(RelayConfig {
                 sweep_schedule: "every minute".into(),

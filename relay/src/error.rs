@@ -26,9 +26,13 @@ pub enum Error {
         source: sqlx::Error,
     },
 
-    /// The outbox library failed (schema missing or old, database error).
+    /// The outbox library failed (schema missing or old, migration failed).
     #[error(transparent)]
     Outbox(#[from] outbox::Error),
+
+    /// A database statement failed where the relay could not retry it.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
 
     /// The Kafka producer could not be created from the given settings.
     #[error("cannot create the Kafka producer: {0}. Check --brokers and the --kafka settings")]

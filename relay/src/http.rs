@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::store::{Backlog, RelayStore};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use outbox::{Backlog, RelayStore};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use tokio::net::TcpListener;
@@ -21,7 +21,13 @@ use crate::shutdown::Shutdown;
 /// How long a health probe waits for the database or the broker.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Installs the Prometheus recorder for this process. Call once.
+/// Installs a Prometheus recorder as this process's metrics recorder and
+/// returns the handle `/metrics` renders (pass it to
+/// [`Relay::with_metrics`](crate::Relay::with_metrics)).
+///
+/// # Panics
+/// When a metrics recorder is already installed: call it once, and not
+/// when the host application installs its own.
 pub fn install_recorder() -> PrometheusHandle {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
@@ -57,7 +63,8 @@ struct AppState {
     store: RelayStore,
     producer: FutureProducer,
     health: Health,
-    metrics: PrometheusHandle,
+    /// `None` when the host application exports the metrics itself.
+    metrics: Option<PrometheusHandle>,
 }
 
 /// Binds `addr` and serves until `shutdown`. Returns the bound address (so
@@ -67,7 +74,7 @@ pub async fn serve(
     store: RelayStore,
     producer: FutureProducer,
     health: Health,
-    metrics: PrometheusHandle,
+    metrics: Option<PrometheusHandle>,
     mut shutdown: Shutdown,
 ) -> Result<SocketAddr> {
     let listener = TcpListener::bind(addr)
@@ -136,11 +143,18 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+async fn render_metrics(State(s): State<AppState>) -> axum::response::Response {
+    let Some(metrics) = &s.metrics else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this relay runs in-process without a metrics handle; its metrics go to the host application's recorder\n",
+        )
+            .into_response();
+    };
     // Fresh backlog figures on every scrape; on error the gauges keep the
     // sweeper's last values.
     if let Ok(Ok(b)) = tokio::time::timeout(PROBE_TIMEOUT, s.store.backlog()).await {
         set_backlog_gauges(&b);
     }
-    s.metrics.render()
+    metrics.render().into_response()
 }

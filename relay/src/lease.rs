@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use outbox::RelayStore;
+use crate::store::RelayStore;
 use uuid::Uuid;
 
 /// The shards this relay holds, with a local deadline. The deadline is

@@ -1,11 +1,33 @@
 //! # outbox-relay
 //!
-//! The daemon that publishes committed outbox messages to Kafka. Run one
-//! or more next to each service (a sidecar); they split the work by key
-//! shard, so each key is published by one relay at a time, in order.
+//! Publishes committed outbox messages to Kafka, in order per key, marks
+//! them once the broker acknowledged them, and keeps the outbox table
+//! healthy. Run one or more next to each service, as the `outbox-relay`
+//! binary (a sidecar) or inside the service's own process; they split the
+//! work by key shard, so each key is published by one relay at a time.
 //!
-//! The binary parses flags, environment and the config file into a
-//! [`RelayConfig`]; [`run`] does the rest.
+//! In-process, the relay is a future that runs until the shutdown future
+//! you give it completes:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut config = outbox_relay::RelayConfig::new("postgres://app@db/orders");
+//! config.brokers = "kafka:9092".into();
+//! config.http_listen = "127.0.0.1:9187".parse()?;
+//! outbox_relay::Relay::new(config)
+//!     .with_metrics(outbox_relay::install_recorder())
+//!     .run(async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+//!
+//! [`Relay::run`] returns an [`Error`] when the relay must stop (bad
+//! configuration, schema missing, producer fenced, stalled); database and
+//! broker outages are logged and retried. Nothing is lost either way:
+//! unmarked messages are published again by the next relay that holds
+//! their keys.
 
 mod config;
 mod error;
@@ -14,29 +36,37 @@ mod http;
 mod lease;
 pub mod metrics;
 mod publish;
-mod relay;
+mod publish_loop;
+mod retry;
 mod shutdown;
+mod store;
 mod sweep;
 mod wake;
+
+#[cfg(doctest)]
+mod doctests;
 
 use std::future::Future;
 use std::time::Duration;
 
-use outbox::RelayStore;
+use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use crate::publish::Publisher;
+use crate::store::RelayStore;
+use crate::sweep::SweepSettings;
+
 pub use config::{
     RelayConfig, Wakeup, DEFAULT_BATCH_SIZE, DEFAULT_BROKERS, DEFAULT_CLEANUP_BATCH,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_LISTEN, DEFAULT_INBOX_RETENTION, DEFAULT_LEASE,
-    DEFAULT_MESSAGE_TIMEOUT, DEFAULT_POLL_INTERVAL, DEFAULT_RETENTION, DEFAULT_STALL_TIMEOUT,
-    DEFAULT_SWEEP_SCHEDULE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HTTP_LISTEN, DEFAULT_INBOX_RETENTION, DEFAULT_IN_FLIGHT,
+    DEFAULT_LEASE, DEFAULT_MAX_RESENDS, DEFAULT_MESSAGE_TIMEOUT, DEFAULT_POLL_INTERVAL,
+    DEFAULT_RETENTION, DEFAULT_STALL_TIMEOUT, DEFAULT_SWEEP_SCHEDULE,
 };
 pub use error::{Error, Result};
 pub use http::install_recorder;
-pub use publish::{is_permanent, Outcome, Publisher};
+pub use retry::{RetryPolicy, DEFAULT_BASE_DELAY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_DELAY};
 pub use shutdown::signal;
-pub use sweep::{sweep_once, SweepSettings};
 
 /// How long a stopping relay waits for librdkafka to settle what it holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,7 +75,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Fails with [`Error::DatabaseUnreachable`], naming the URL without its
 /// password.
-pub async fn connect(config: &RelayConfig) -> Result<PgPool> {
+async fn connect(config: &RelayConfig) -> Result<PgPool> {
     let unreachable = |source| Error::DatabaseUnreachable {
         url: redact(&config.database_url),
         timeout: humantime::format_duration(config.connect_timeout).to_string(),
@@ -117,22 +147,78 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Runs the relay until `stop` completes, then finishes the batch in
-/// flight, gives its shards back and returns `Ok(())`.
-///
-/// Fails at start with a clear [`Error`] when the configuration is
-/// invalid, the database is unreachable, or the schema is missing or too
-/// old (unless `config.migrate`). Once running, database and broker
-/// outages are logged and retried. It gives its shards back and returns
-/// [`Error::Stalled`] when nothing was acknowledged for
-/// `config.stall_timeout` while messages waited, and
-/// [`Error::ProducerFatal`] when the producer can send nothing more
-/// (fatal error, fenced, epoch or sequence lost): run it under a
-/// supervisor that restarts it. Nothing is lost either way: unmarked
-/// messages are published again.
-pub async fn run(
+/// A relay, configured and ready to run. See the crate documentation.
+#[derive(Debug)]
+pub struct Relay {
     config: RelayConfig,
-    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl Relay {
+    /// A relay with `config`; nothing is checked or connected until
+    /// [`run`](Self::run).
+    pub fn new(config: RelayConfig) -> Self {
+        Relay {
+            config,
+            metrics: None,
+        }
+    }
+
+    /// Serves `/metrics` from this Prometheus handle (usually
+    /// [`install_recorder`]). Without one, `/metrics` answers 404 and the
+    /// relay's metrics go to whatever recorder the process installed.
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
+    /// Runs the relay until `stop` completes, then finishes the batches in
+    /// flight, gives its shards back and returns `Ok(())`.
+    ///
+    /// Fails at start with a clear [`Error`] when the configuration is
+    /// invalid, the database is unreachable, or the schema is missing or
+    /// too old (unless `config.migrate`). Once running, database and
+    /// broker outages are logged and retried. It gives its shards back and
+    /// returns [`Error::Stalled`] when nothing was acknowledged for
+    /// `config.stall_timeout` while messages waited, and
+    /// [`Error::ProducerFatal`] when the producer can send nothing more
+    /// (fatal error, fenced, epoch or sequence lost): run it under a
+    /// supervisor that restarts it. Nothing is lost either way: unmarked
+    /// messages are published again.
+    pub async fn run(self, stop: impl Future<Output = ()>) -> Result<()> {
+        run(self.config, self.metrics, stop).await
+    }
+}
+
+/// Creates or upgrades the outbox schema in `config.database_url`, then
+/// returns the schema version now applied (`outbox-relay migrate`).
+pub async fn migrate(config: &RelayConfig) -> Result<i64> {
+    if config.database_url.is_empty() {
+        return Err(Error::config("database-url", "is required"));
+    }
+    let pool = connect(config).await?;
+    outbox::migrate(&pool).await?;
+    let version = outbox::check_schema(&pool).await?;
+    pool.close().await;
+    Ok(version)
+}
+
+/// Returns dead-lettered messages to pending with a fresh retry budget:
+/// those with the given ids, or all of them when `ids` is `None`
+/// (`outbox-relay replay-dead`). Returns how many were replayed; they keep
+/// their place in their key's order.
+pub async fn replay_dead(config: &RelayConfig, ids: Option<&[uuid::Uuid]>) -> Result<u64> {
+    let pool = connect(config).await?;
+    outbox::check_schema(&pool).await?;
+    let replayed = RelayStore::new(pool.clone()).replay_dead(ids).await?;
+    pool.close().await;
+    Ok(replayed)
+}
+
+/// See [`Relay::run`].
+async fn run(
+    config: RelayConfig,
+    metrics: Option<PrometheusHandle>,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
     config.validate()?;
@@ -163,7 +249,7 @@ pub async fn run(
             lease: config.lease,
             retention: config.retention,
             cleanup_batch: config.cleanup_batch,
-            max_resends: config.retry.max_attempts as i32,
+            max_resends: config.max_resends as i32,
             inbox_retention: config.inbox_retention,
         },
     )
@@ -189,7 +275,7 @@ pub async fn run(
         config.renew_interval(),
     );
     let waker = wake::Waker::new(pool.clone(), config.wakeup == Wakeup::Notify);
-    let settings = relay::LoopSettings {
+    let settings = publish_loop::LoopSettings {
         batch_size: config.batch_size,
         in_flight: config.in_flight,
         poll_interval: config.poll_interval,
@@ -203,15 +289,14 @@ pub async fn run(
     // while the HTTP endpoint keeps answering 503 until the relay exits.
     let outcome = {
         let (loop_trigger, loop_shutdown) = shutdown::channel();
-        let publishing = relay::run(
-            store.clone(),
-            &publisher,
-            &mut leases,
+        let parts = publish_loop::Parts {
+            store: store.clone(),
+            publisher: &publisher,
+            leases: &mut leases,
             waker,
-            settings,
-            health.clone(),
-            loop_shutdown,
-        );
+            health: health.clone(),
+        };
+        let publishing = publish_loop::run(parts, settings, loop_shutdown);
         tokio::pin!(publishing);
         tokio::select! {
             outcome = &mut publishing => outcome,

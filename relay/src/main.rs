@@ -35,26 +35,19 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
-                let metrics = outbox_relay::install_recorder();
-                outbox_relay::run(config, metrics, outbox_relay::signal()).await
+                outbox_relay::Relay::new(config)
+                    .with_metrics(outbox_relay::install_recorder())
+                    .run(outbox_relay::signal())
+                    .await
             }
             Command::Migrate => {
-                if config.database_url.is_empty() {
-                    return Err(outbox_relay::Error::config("database-url", "is required"));
-                }
-                let pool = outbox_relay::connect(&config).await?;
-                outbox::migrate(&pool).await?;
-                let version = outbox::check_schema(&pool).await?;
+                let version = outbox_relay::migrate(&config).await?;
                 println!("outbox schema is at version {version}");
                 Ok(())
             }
             Command::ReplayDead { all, ids } => {
-                let pool = outbox_relay::connect(&config).await?;
-                outbox::check_schema(&pool).await?;
-                let store = outbox::RelayStore::new(pool);
-                let n = store
-                    .replay_dead(if all { None } else { Some(&ids) })
-                    .await?;
+                let ids = if all { None } else { Some(ids.as_slice()) };
+                let n = outbox_relay::replay_dead(&config, ids).await?;
                 println!("replayed {n} dead message(s)");
                 Ok(())
             }

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
-use outbox::{headers, PendingMessage};
+use outbox::headers;
+
+use crate::store::PendingMessage;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -77,16 +79,6 @@ impl Publisher {
         }
         let producer: FutureProducer = client.create().map_err(Error::Producer)?;
         Ok(Publisher { producer })
-    }
-
-    /// Sends every message of `batch` in order and waits for every delivery
-    /// report. Returns one outcome per message, in batch order. The same
-    /// as [`send_batch`](Self::send_batch) with nothing else in flight,
-    /// then [`Sending::outcomes`].
-    pub async fn publish(&self, batch: &[PendingMessage]) -> Vec<Outcome> {
-        let mut in_flight = KeyTopics::default();
-        let sending = self.send_batch(batch, &mut in_flight).await;
-        sending.outcomes().await
     }
 
     /// Hands every message of `batch` to librdkafka, in order, without
@@ -185,15 +177,6 @@ impl Publisher {
         }
     }
 
-    /// Asks the cluster for its metadata, to tell whether a broker answers.
-    /// Blocking; call from a blocking thread.
-    pub fn check_broker(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer
-            .client()
-            .fetch_metadata(None, Timeout::After(timeout))
-            .map(|_| ())
-    }
-
     /// Waits up to `timeout` for everything handed to librdkafka to be
     /// delivered or failed.
     pub fn flush(&self, timeout: Duration) {
@@ -229,9 +212,10 @@ impl Sending {
         self.deliveries.iter().map(|(i, _)| *i).collect()
     }
 
-    /// The messages held or refused before they reached the producer:
-    /// known before the broker answers.
-    pub fn blocked_now(&self) -> impl Iterator<Item = usize> + '_ {
+    /// The messages held or refused before they reached the producer
+    /// (indexes into the batch, ascending): known before the broker
+    /// answers.
+    pub fn unsent(&self) -> impl Iterator<Item = usize> + '_ {
         self.outcomes
             .iter()
             .enumerate()
@@ -301,6 +285,7 @@ impl KeyTopics {
     }
 
     /// Whether no key is in flight.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -433,7 +418,7 @@ pub(crate) mod tests {
         // a→t2 is held, and so is a's later message (back to t1): it must
         // not overtake the held one. b goes out.
         assert_eq!(next.sent(), vec![1]);
-        assert_eq!(next.blocked_now().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(next.unsent().collect::<Vec<_>>(), vec![0, 2]);
 
         in_flight.release(&first, &[0]);
         assert!(in_flight.may_send(b"a", "t2"), "a's first message settled");

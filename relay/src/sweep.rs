@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox::RelayStore;
+use crate::store::RelayStore;
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -44,7 +44,7 @@ pub struct SweepSettings {
 /// the messages whose end-to-end confirmation is overdue, deletes
 /// published and completed messages past retention and old inbox entries
 /// in bounded batches, refreshes the backlog gauges, and logs what it did.
-pub async fn sweep_once(store: &RelayStore, settings: &SweepSettings) -> outbox::Result<()> {
+pub async fn sweep_once(store: &RelayStore, settings: &SweepSettings) -> sqlx::Result<()> {
     let started = Instant::now();
     let freed = store.expire_leases(settings.lease).await?;
     let (resent, unconfirmed_dead) = store.resend_overdue(settings.max_resends).await?;

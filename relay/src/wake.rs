@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
+use outbox::schema::WAKEUP_CHANNEL;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-
-/// The channel the `outbox.message` insert trigger notifies.
-pub const CHANNEL: &str = "outbox_message";
 
 /// Waits for a commit notification or a timeout, whichever comes first.
 /// Notifications sent while the listener's connection was down are lost,
@@ -40,7 +38,7 @@ impl Waker {
         }
         let connect = async {
             let mut l = PgListener::connect_with(&self.pool).await?;
-            l.listen(CHANNEL).await?;
+            l.listen(WAKEUP_CHANNEL).await?;
             Ok::<_, sqlx::Error>(l)
         };
         match connect.await {

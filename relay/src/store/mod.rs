@@ -1,0 +1,213 @@
+//! The relay's statements: shard leases, fetching, marking, and the
+//! sweeper's upkeep. Each is one round trip for a whole batch, never one
+//! per message, and each lives in its own file under `queries/`, named
+//! after what it does; the file's first line (`-- outbox-relay: NAME`)
+//! travels with the statement, so `pg_stat_statements` shows which one
+//! it is.
+
+mod leases;
+mod upkeep;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use outbox::schema::SHARD_COUNT;
+use outbox::MessageId;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use upkeep::Backlog;
+
+/// The text of the statement in `queries/NAME.sql`.
+macro_rules! statement {
+    ($name:literal) => {
+        include_str!(concat!("queries/", $name, ".sql"))
+    };
+}
+pub(crate) use statement;
+
+/// A committed message waiting to be published, as the relay fetched it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PendingMessage {
+    /// Insertion order; per key, messages are published in this order.
+    pub seq: i64,
+    /// The message id (`outbox-id` header).
+    #[sqlx(try_from = "Uuid")]
+    pub id: MessageId,
+    /// Destination topic.
+    pub topic: String,
+    /// Record key.
+    #[sqlx(rename = "msg_key")]
+    pub key: Option<Vec<u8>>,
+    /// Record value; `None` is a tombstone.
+    pub payload: Option<Vec<u8>>,
+    /// Header names, parallel to `header_values`.
+    pub header_names: Vec<String>,
+    /// Header values, parallel to `header_names`.
+    pub header_values: Vec<Vec<u8>>,
+    /// Message type (`outbox-type` header).
+    #[sqlx(rename = "msg_type")]
+    pub message_type: Option<String>,
+    /// When it was enqueued (`outbox-created-at` header).
+    pub created_at: DateTime<Utc>,
+    /// Failed publish attempts so far.
+    pub attempts: i32,
+}
+
+/// A failed publish, to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The message's `seq`.
+    pub seq: i64,
+    /// What went wrong, kept in `last_error`.
+    pub error: String,
+    /// How long until it may be tried again.
+    pub retry_in: Duration,
+    /// Move it to the dead-letter state instead.
+    pub dead: bool,
+}
+
+/// The outbox table as the relay sees it. Cheap to clone (wraps a pool).
+///
+/// All methods are single statements or short transactions and are safe
+/// to retry after an error.
+#[derive(Debug, Clone)]
+pub struct RelayStore {
+    pool: PgPool,
+}
+
+impl RelayStore {
+    /// A store over `pool`.
+    pub fn new(pool: PgPool) -> Self {
+        RelayStore { pool }
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Up to `limit` pending messages of `shards` that may be published now,
+    /// oldest first. A message is left out while an earlier pending message
+    /// of the same key is waiting (delay or retry backoff), so a key is
+    /// never published out of order and a failing key blocks only itself.
+    ///
+    /// `exclude_seqs` and `exclude_keys` leave out the batches whose
+    /// results are not written yet, and every key that had a failure in
+    /// them: until its backoff is recorded, nothing may overtake it.
+    ///
+    /// `after` skips messages with `seq <= after`: a caller draining a
+    /// backlog passes the last `seq` it fetched, so each fetch starts where
+    /// the last ended instead of walking again over the index entries of
+    /// everything it already published (dead until vacuumed). Order per key
+    /// does not depend on it (waiting keys are found wherever they are), but
+    /// a message committed late with a lower `seq` is only seen by a fetch
+    /// from 0, so callers go back to 0 regularly.
+    pub async fn fetch_pending(
+        &self,
+        shards: &[i16],
+        limit: i64,
+        after: i64,
+        exclude_seqs: &[i64],
+        exclude_keys: &[Vec<u8>],
+    ) -> sqlx::Result<Vec<PendingMessage>> {
+        // `blocked`: keys with a message that was made to wait (delay or
+        // backoff) and is still pending, and from where. Such a message
+        // blocks the later ones of its key even once it is due, until it is
+        // itself published: it may lie below `after`, where this fetch does
+        // not look.
+        // `blocked` asks for the order of the small message_waiting index
+        // (msg_key, seq), so only that index can serve it without a sort
+        // (the relay's connections rule sorts out). Written as
+        // `min(seq) ... GROUP BY msg_key`, the planner preferred scanning
+        // every pending row once the table had statistics (it estimates
+        // `available_at > created_at` at a third of the rows): on a
+        // 1,000,000-message backlog each fetch then read the whole backlog,
+        // for seconds, and the relay lost its leases while it waited.
+        // The availability test on `c` is written so no index can serve it:
+        // the scan must follow message_pending_seq in seq order and stop at
+        // LIMIT, however large the backlog.
+        // Shards go in as a 256-bit mask tested with get_bit: O(1) per row,
+        // where `shard = ANY(array)` compared each row with every shard held.
+        let mut mask = vec![0_u8; (SHARD_COUNT / 8) as usize];
+        for &s in shards {
+            if (0..SHARD_COUNT).contains(&s) {
+                mask[s as usize / 8] |= 1 << (s % 8);
+            }
+        }
+        // Only excluded messages above `after` can be met by this scan; the
+        // rest would cost a comparison per row for nothing (`<> ALL` is a
+        // linear search).
+        let exclude_seqs: Vec<i64> = exclude_seqs
+            .iter()
+            .copied()
+            .filter(|&s| s > after)
+            .collect();
+        sqlx::query_as::<_, PendingMessage>(statement!("fetch_pending"))
+            .bind(mask)
+            .bind(limit)
+            .bind(&exclude_seqs)
+            .bind(exclude_keys)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    /// Marks the messages with these `seq`s published, one statement in the
+    /// usual case: keeps them as `published` (for the retention period)
+    /// when `keep`, deletes them otherwise (about three times cheaper: a
+    /// delete writes no new row version and no index entries). Messages
+    /// waiting for an end-to-end confirmation are always kept, as
+    /// `awaiting`. Returns how many rows changed.
+    pub async fn mark_published(&self, seqs: &[i64], keep: bool) -> sqlx::Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        if keep {
+            let done = sqlx::query(statement!("mark_published"))
+                .bind(seqs)
+                .execute(&self.pool)
+                .await?;
+            return Ok(done.rows_affected());
+        }
+        // Delete what needs no confirmation, then (rarely needed, so only
+        // when the delete left some) mark the rest awaiting.
+        let deleted = sqlx::query(statement!("delete_published"))
+            .bind(seqs)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted as usize == seqs.len() {
+            return Ok(deleted);
+        }
+        let awaiting = sqlx::query(statement!("mark_awaiting"))
+            .bind(seqs)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(deleted + awaiting)
+    }
+
+    /// Records failed attempts in one statement: bumps `attempts`, keeps the
+    /// error, and either schedules the retry or dead-letters the message.
+    pub async fn record_failures(&self, failures: &[Failure]) -> sqlx::Result<()> {
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+        let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+        sqlx::query(statement!("record_failures"))
+            .bind(&seqs)
+            .bind(&errors)
+            .bind(&delays)
+            .bind(&dead)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+-- outbox-relay: count_awaiting
+SELECT count(*), count(*) FILTER (WHERE confirm_by < now())
+FROM outbox.message WHERE status = 'awaiting'
