@@ -210,4 +210,6 @@ impl RelayStore {
 }
 
 #[cfg(test)]
+mod database;
+#[cfg(test)]
 mod tests;

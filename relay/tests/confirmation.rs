@@ -69,7 +69,7 @@ async fn unconfirmed_messages_are_resent_until_confirmed() -> Result<()> {
     assert!(resends >= 1);
 
     // The reply arrives: completed. A duplicate reply changes nothing.
-    assert!(outbox::confirm(&db.pool, awaited.0).await?);
+    assert!(outbox::confirm(&db.pool, awaited).await?);
     let completed_at: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
         "SELECT completed_at FROM outbox.message WHERE id = $1 AND status = 'completed'",
     )
@@ -77,7 +77,7 @@ async fn unconfirmed_messages_are_resent_until_confirmed() -> Result<()> {
     .fetch_one(&db.pool)
     .await?;
     assert!(
-        !outbox::confirm(&db.pool, awaited.0).await?,
+        !outbox::confirm(&db.pool, awaited).await?,
         "a duplicate reply must report no change"
     );
     let (status, again): (String, Option<chrono::DateTime<chrono::Utc>>) =

@@ -781,7 +781,7 @@ impl Record {
     pub fn user_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
         self.headers
             .iter()
-            .filter(|(n, _)| !n.starts_with(outbox::RESERVED_HEADER_PREFIX))
+            .filter(|(n, _)| !n.starts_with(outbox::headers::RESERVED_PREFIX))
             .cloned()
             .collect()
     }

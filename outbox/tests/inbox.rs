@@ -1,13 +1,11 @@
 //! Inbox: the same message delivered several times, one after another and
 //! concurrently, has exactly one effect.
 
-mod common;
-
 use std::sync::Arc;
 
 use anyhow::Result;
-use common::TestDb;
-use outbox::Inbox;
+use outbox_testkit::ScratchDb as TestDb;
+use outbox::{Inbox, MessageId};
 use uuid::Uuid;
 
 /// Runs the "effect" (a counter increment) for `id` the way a consumer
@@ -15,7 +13,7 @@ use uuid::Uuid;
 /// delivery performed it.
 async fn deliver(db: &sqlx::PgPool, inbox: &Inbox, id: Uuid) -> Result<bool> {
     let mut tx = db.begin().await?;
-    if !inbox.receive(&mut *tx, id).await? {
+    if !inbox.receive(&mut *tx, MessageId(id)).await? {
         tx.rollback().await?;
         return Ok(false);
     }
@@ -29,17 +27,17 @@ async fn deliver(db: &sqlx::PgPool, inbox: &Inbox, id: Uuid) -> Result<bool> {
 async fn setup() -> Result<TestDb> {
     let db = TestDb::new().await?;
     sqlx::query("CREATE TABLE effect (id int PRIMARY KEY, n int NOT NULL)")
-        .execute(&db.pool)
+        .execute(db.pool())
         .await?;
     sqlx::query("INSERT INTO effect VALUES (1, 0)")
-        .execute(&db.pool)
+        .execute(db.pool())
         .await?;
     Ok(db)
 }
 
 async fn effects(db: &TestDb) -> Result<i32> {
     Ok(sqlx::query_scalar("SELECT n FROM effect WHERE id = 1")
-        .fetch_one(&db.pool)
+        .fetch_one(db.pool())
         .await?)
 }
 
@@ -49,18 +47,18 @@ async fn repeated_deliveries_have_one_effect() -> Result<()> {
     let inbox = Inbox::new("test.consumer");
     let id = Uuid::now_v7();
     let performed: Vec<bool> =
-        futures::future::try_join_all((0..5).map(|_| deliver(&db.pool, &inbox, id))).await?;
+        futures::future::try_join_all((0..5).map(|_| deliver(db.pool(), &inbox, id))).await?;
     assert_eq!(performed.iter().filter(|p| **p).count(), 1, "{performed:?}");
     for _ in 0..3 {
         assert!(
-            !deliver(&db.pool, &inbox, id).await?,
+            !deliver(db.pool(), &inbox, id).await?,
             "a later redelivery must be skipped"
         );
     }
     assert_eq!(effects(&db).await?, 1);
 
     // Another consumer de-duplicates on its own: it performs its effect once too.
-    assert!(deliver(&db.pool, &Inbox::new("other.consumer"), id).await?);
+    assert!(deliver(db.pool(), &Inbox::new("other.consumer"), id).await?);
     assert_eq!(effects(&db).await?, 2);
     Ok(())
 }
@@ -73,7 +71,7 @@ async fn concurrent_deliveries_have_one_effect() -> Result<()> {
     // Eight workers each deliver every id, in a different order.
     let mut workers = Vec::new();
     for w in 0..8 {
-        let (pool, inbox, mut ids) = (db.pool.clone(), inbox.clone(), ids.clone());
+        let (pool, inbox, mut ids) = (db.pool().clone(), inbox.clone(), ids.clone());
         ids.rotate_left(w * 6);
         workers.push(tokio::spawn(async move {
             let mut performed = 0;
@@ -102,11 +100,11 @@ async fn a_rolled_back_delivery_does_not_count() -> Result<()> {
     let inbox = Inbox::new("test.consumer");
     let id = Uuid::now_v7();
     // The handler failed: the inbox entry rolls back with the effect...
-    let mut tx = db.pool.begin().await?;
-    assert!(inbox.receive(&mut *tx, id).await?);
+    let mut tx = db.pool().begin().await?;
+    assert!(inbox.receive(&mut *tx, MessageId(id)).await?);
     tx.rollback().await?;
     // ...so the redelivery performs it.
-    assert!(deliver(&db.pool, &inbox, id).await?);
+    assert!(deliver(db.pool(), &inbox, id).await?);
     assert_eq!(effects(&db).await?, 1);
     Ok(())
 }

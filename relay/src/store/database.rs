@@ -1,0 +1,257 @@
+//! The statements against a real PostgreSQL (a scratch database each):
+//! per-key order in the fetch whatever the cursor, what a fetch can see of
+//! other transactions, and the wake-up mark.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use outbox::schema::{MessageStatus, SHARD_COUNT, WAKEUP_CHANNEL};
+use outbox::{Message, Outbox};
+use outbox_testkit::{wait_for, ScratchDb};
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+use super::{PendingMessage, RelayStore};
+
+fn all_shards() -> Vec<i16> {
+    (0..SHARD_COUNT).collect()
+}
+
+fn payloads(batch: &[PendingMessage]) -> Vec<Vec<u8>> {
+    batch
+        .iter()
+        .map(|m| m.payload.clone().unwrap_or_default())
+        .collect()
+}
+
+/// A message that was made to wait (a delay, or a retry's backoff) blocks
+/// the later messages of its key until it is itself published, even once
+/// it is due and even when the fetch starts above it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_message_blocks_its_key_below_the_cursor() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let pool = db.pool();
+    let outbox = Outbox::new();
+    let store = RelayStore::new(pool.clone());
+    let mut tx = pool.begin().await?;
+    let first = outbox
+        .enqueue(
+            &mut *tx,
+            Message::new("t", "k1")
+                .key("K")
+                .delay(Duration::from_millis(300)),
+        )
+        .await?;
+    outbox
+        .enqueue(&mut *tx, Message::new("t", "k2").key("K"))
+        .await?;
+    outbox
+        .enqueue(&mut *tx, Message::new("t", "other").key("L"))
+        .await?;
+    tx.commit().await?;
+    let first_seq: i64 = sqlx::query_scalar("SELECT seq FROM outbox.message WHERE id = $1")
+        .bind(first.0)
+        .fetch_one(pool)
+        .await?;
+
+    // While K's first message waits, only L may go.
+    let batch = store.fetch_pending(&all_shards(), 100, 0, &[], &[]).await?;
+    assert_eq!(payloads(&batch), vec![b"other".to_vec()]);
+
+    // Once it is due, a fetch from above it (a relay's cursor past it) must
+    // still not release K's second message...
+    wait_for("the delay to pass", Duration::from_secs(5), || async {
+        let due: bool =
+            sqlx::query_scalar("SELECT available_at <= now() FROM outbox.message WHERE seq = $1")
+                .bind(first_seq)
+                .fetch_one(pool)
+                .await?;
+        anyhow::Ok(due.then_some(()))
+    })
+    .await?;
+    let batch = store
+        .fetch_pending(&all_shards(), 100, first_seq, &[], &[])
+        .await?;
+    assert!(
+        !payloads(&batch).contains(&b"k2".to_vec()),
+        "k2 overtook k1, which lies below the cursor: {:?}",
+        payloads(&batch)
+    );
+    // ...a fetch from 0 returns k1 alone, and k2 only once k1 is published.
+    let k_only = |batch: &[PendingMessage]| -> Vec<Vec<u8>> {
+        payloads(batch)
+            .into_iter()
+            .filter(|p| p.starts_with(b"k"))
+            .collect()
+    };
+    let batch = store.fetch_pending(&all_shards(), 100, 0, &[], &[]).await?;
+    assert_eq!(k_only(&batch), vec![b"k1".to_vec()]);
+    store.mark_published(&[first_seq], true).await?;
+    let batch = store.fetch_pending(&all_shards(), 100, 0, &[], &[]).await?;
+    assert_eq!(k_only(&batch), vec![b"k2".to_vec()]);
+    Ok(())
+}
+
+/// The relay's fetch sees a message exactly when the transaction that
+/// wrote it committed: never before, never after a rollback.
+#[tokio::test]
+async fn only_committed_messages_are_fetched() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let pool = db.pool();
+    let outbox = Outbox::new();
+    let store = RelayStore::new(pool.clone());
+
+    let mut tx = pool.begin().await?;
+    outbox
+        .enqueue(&mut *tx, Message::new("orders", "rolled back").key("k1"))
+        .await?;
+    tx.rollback().await?;
+    {
+        // Dropped without a commit.
+        let mut tx = pool.begin().await?;
+        outbox
+            .enqueue(&mut *tx, Message::new("orders", "dropped").key("k2"))
+            .await?;
+    }
+    assert!(
+        store
+            .fetch_pending(&all_shards(), 100, 0, &[], &[])
+            .await?
+            .is_empty(),
+        "the relay can fetch a rolled back message"
+    );
+
+    let mut tx = pool.begin().await?;
+    let id = outbox
+        .enqueue(&mut *tx, Message::new("orders", "not yet").key("order-9"))
+        .await?;
+    assert!(
+        store
+            .fetch_pending(&all_shards(), 100, 0, &[], &[])
+            .await?
+            .is_empty(),
+        "the relay can fetch an uncommitted message"
+    );
+    tx.commit().await?;
+    let pending = store.fetch_pending(&all_shards(), 100, 0, &[], &[]).await?;
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, id);
+    assert_eq!(pending[0].payload.as_deref(), Some(&b"not yet"[..]));
+    Ok(())
+}
+
+/// The migrations create one lease row per shard, and the statuses the
+/// table accepts are the schema's.
+#[tokio::test]
+async fn the_schema_matches_the_contract() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let shards: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.shard_lease")
+        .fetch_one(db.pool())
+        .await?;
+    assert_eq!(shards, i64::from(SHARD_COUNT));
+    for status in MessageStatus::ALL {
+        let mut tx = db.pool().begin().await?;
+        sqlx::query(
+            "INSERT INTO outbox.message (id, topic, payload, status) VALUES ($1, 't', 'x', $2)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(status.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+    }
+    let refused = sqlx::query(
+        "INSERT INTO outbox.message (id, topic, payload, status) VALUES ($1, 't', 'x', 'sent')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(db.pool())
+    .await;
+    assert!(refused.is_err(), "a status outside the schema was accepted");
+    Ok(())
+}
+
+async fn enqueue_one(pool: &sqlx::PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    Outbox::new()
+        .enqueue(&mut *tx, Message::new("t", "x").key("k"))
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Whether a notification arrives within `within`.
+async fn notified(listener: &mut PgListener, within: Duration) -> Result<bool> {
+    match tokio::time::timeout(within, listener.recv()).await {
+        Ok(n) => {
+            n?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+/// Inserts notify the wake-up channel only while a relay has marked
+/// itself waiting (an unexpired `outbox.relay.waiting_until`), so writers
+/// do not pay for NOTIFY while relays are busy or absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_notify_only_while_a_relay_waits() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let pool = db.pool();
+    let store = RelayStore::new(pool.clone());
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(WAKEUP_CHANNEL).await?;
+    let quiet = Duration::from_millis(500);
+
+    enqueue_one(pool).await?;
+    assert!(
+        !notified(&mut listener, quiet).await?,
+        "an insert notified with no relay registered"
+    );
+
+    let relay = Uuid::now_v7();
+    store
+        .renew_shards(relay, "test", Duration::from_secs(30))
+        .await?;
+    enqueue_one(pool).await?;
+    assert!(
+        !notified(&mut listener, quiet).await?,
+        "an insert notified while the only relay was busy"
+    );
+
+    store
+        .set_waiting(relay, Some(Duration::from_secs(30)))
+        .await?;
+    enqueue_one(pool).await?;
+    assert!(
+        notified(&mut listener, Duration::from_secs(5)).await?,
+        "no notification while a relay waits"
+    );
+    // A lease renewal keeps the relay waiting.
+    store
+        .renew_shards(relay, "test", Duration::from_secs(30))
+        .await?;
+    enqueue_one(pool).await?;
+    assert!(
+        notified(&mut listener, Duration::from_secs(5)).await?,
+        "a lease renewal cancelled the wait"
+    );
+
+    store.set_waiting(relay, None).await?;
+    enqueue_one(pool).await?;
+    assert!(
+        !notified(&mut listener, quiet).await?,
+        "an insert notified after the relay stopped waiting"
+    );
+
+    // A relay killed while waiting costs writers one lease at most.
+    store
+        .set_waiting(relay, Some(Duration::from_millis(200)))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    enqueue_one(pool).await?;
+    assert!(
+        !notified(&mut listener, quiet).await?,
+        "an expired wait still made inserts notify"
+    );
+    Ok(())
+}
