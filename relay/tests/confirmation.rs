@@ -102,3 +102,77 @@ async fn unconfirmed_messages_are_resent_until_confirmed() -> Result<()> {
     assert_eq!(count(&reader.records, plain), 1);
     Ok(())
 }
+
+/// `--max-resends` alone bounds the re-sends of an unconfirmed message:
+/// with `--max-attempts 1` (which bounds publish failures, not re-sends)
+/// it is still sent 1 + 2 times, then dead-lettered with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_stop_at_max_resends_whatever_max_attempts() -> Result<()> {
+    let db = TestDb::new().await?;
+    let broker = Broker::start_new("max-resends", Storage::Memory).await?;
+    let topic = unique_topic("max_resends");
+    broker.create_topic(&topic, 3).await?;
+
+    let mut tx = db.pool.begin().await?;
+    let awaited = Outbox::new()
+        .enqueue(
+            &mut *tx,
+            Message::new(&topic, "never answered")
+                .key("a")
+                .confirm_within(Duration::from_secs(1)),
+        )
+        .await?;
+    tx.commit().await?;
+
+    let _relay = Relay::spawn(
+        "max-resends-relay",
+        &db.url,
+        &broker.addr(),
+        &[
+            "--sweep-schedule",
+            "*/1 * * * * *",
+            "--max-resends",
+            "2",
+            "--max-attempts",
+            "1",
+        ],
+    )?;
+    common::wait_for(
+        "the message to be given up on",
+        Duration::from_secs(40),
+        || async {
+            let status: String =
+                sqlx::query_scalar("SELECT status FROM outbox.message WHERE id = $1")
+                    .bind(awaited.0)
+                    .fetch_one(&db.pool)
+                    .await?;
+            Ok((status == "dead").then_some(()))
+        },
+    )
+    .await?;
+    let (resends, last_error): (i32, Option<String>) =
+        sqlx::query_as("SELECT resends, last_error FROM outbox.message WHERE id = $1")
+            .bind(awaited.0)
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(
+        resends, 2,
+        "re-sent a number of times other than --max-resends"
+    );
+    assert_eq!(
+        last_error.as_deref(),
+        Some("no confirmation after 2 re-sends")
+    );
+
+    let mut reader = TopicReader::new(&broker.addr(), &topic).await?;
+    reader
+        .read_until(Duration::from_secs(20), |r| r.len() >= 3)
+        .await?;
+    reader.read_until(Duration::from_secs(2), |_| false).await?;
+    assert_eq!(
+        reader.records.len(),
+        3,
+        "expected the first send and exactly two re-sends"
+    );
+    Ok(())
+}

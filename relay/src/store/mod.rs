@@ -111,12 +111,12 @@ impl RelayStore {
         exclude_seqs: &[i64],
         exclude_keys: &[Vec<u8>],
     ) -> sqlx::Result<Vec<PendingMessage>> {
-        // `blocked`: keys with a message that was made to wait (delay or
+        // `delayed`: keys with a message that was made to wait (delay or
         // backoff) and is still pending, and from where. Such a message
-        // blocks the later ones of its key even once it is due, until it is
+        // holds back the later ones of its key even once it is due, until it is
         // itself published: it may lie below `after`, where this fetch does
         // not look.
-        // `blocked` asks for the order of the small message_waiting index
+        // `delayed` asks for the order of the small message_waiting index
         // (msg_key, seq), so only that index can serve it without a sort
         // (the relay's connections rule sorts out). Written as
         // `min(seq) ... GROUP BY msg_key`, the planner preferred scanning

@@ -2,7 +2,7 @@
 -- Up to $2 pending messages of the shards in the bit mask $1 that may be
 -- published now, in seq order, after seq $5, leaving out the seqs $3 and
 -- the keys $4. See RelayStore::fetch_pending for why it is written so.
-WITH blocked AS MATERIALIZED (
+WITH delayed AS MATERIALIZED (
     SELECT DISTINCT ON (msg_key) msg_key, seq AS from_seq
     FROM outbox.message
     WHERE status = 'pending' AND available_at > created_at
@@ -14,8 +14,8 @@ FROM outbox.message c
 WHERE c.status = 'pending' AND get_bit($1, c.shard) = 1
   AND c.available_at - now() <= interval '0'
   AND NOT EXISTS (
-      SELECT 1 FROM blocked b
-      WHERE b.msg_key = c.msg_key AND b.from_seq < c.seq)
+      SELECT 1 FROM delayed d
+      WHERE d.msg_key = c.msg_key AND d.from_seq < c.seq)
   AND c.seq > $5
   AND c.seq <> ALL($3)
   AND (c.msg_key IS NULL OR c.msg_key <> ALL($4))

@@ -1,0 +1,101 @@
+//! Unit tests of sending: holding keys, classifying errors.
+
+use super::*;
+
+/// A pending message for unit tests.
+pub(crate) fn pending(seq: i64, key: &str, topic: &str, attempts: i32) -> PendingMessage {
+    PendingMessage {
+        seq,
+        id: outbox::MessageId::new(),
+        topic: topic.into(),
+        key: Some(key.as_bytes().to_vec()),
+        payload: Some(vec![]),
+        header_names: vec![],
+        header_values: vec![],
+        message_type: None,
+        created_at: chrono::Utc::now(),
+        attempts,
+    }
+}
+
+fn msg(key: &str, topic: &str) -> PendingMessage {
+    pending(1, key, topic, 0)
+}
+
+#[test]
+fn a_key_in_flight_to_one_topic_waits_before_another() {
+    let mut k = KeyTopics::default();
+    let first = [msg("a", "t1"), msg("a", "t1"), msg("b", "t2")];
+    for m in &first {
+        assert!(k.may_send(m.key.as_deref().unwrap(), &m.topic));
+        k.add(m.key.as_deref().unwrap(), &m.topic);
+    }
+    assert!(
+        k.may_send(b"a", "t1"),
+        "same topic: same partition, in order"
+    );
+    assert!(
+        !k.may_send(b"a", "t2"),
+        "another topic while t1 is in flight"
+    );
+    assert!(k.may_send(b"c", "t2"));
+    // One of a's two messages acknowledged: still in flight.
+    k.release(&first, &[0]);
+    assert!(!k.may_send(b"a", "t2"));
+    k.release(&first, &[1, 2]);
+    assert!(k.may_send(b"a", "t2"), "all acknowledged");
+    assert!(k.is_empty());
+}
+
+#[tokio::test]
+async fn send_batch_holds_a_key_for_a_second_topic_until_the_first_is_acknowledged() {
+    // Nothing listens here: records are only queued, never delivered,
+    // so the first batch stays in flight.
+    let mut config = crate::config::RelayConfig::new("postgres://localhost/db");
+    config.brokers = "127.0.0.1:1".into();
+    let publisher = Publisher::new(&config).unwrap();
+    let mut in_flight = KeyTopics::default();
+
+    let first = [pending(1, "a", "t1", 0)];
+    let sending = publisher.send_batch(&first, &mut in_flight).await;
+    assert_eq!(sending.sent(), vec![0]);
+
+    let second = [
+        pending(2, "a", "t2", 0),
+        pending(3, "b", "t2", 0),
+        pending(4, "a", "t1", 0),
+    ];
+    let next = publisher.send_batch(&second, &mut in_flight).await;
+    // a→t2 is held, and so is a's later message (back to t1): it must
+    // not overtake the held one. b goes out.
+    assert_eq!(next.sent(), vec![1]);
+    assert_eq!(next.unsent().collect::<Vec<_>>(), vec![0, 2]);
+
+    in_flight.release(&first, &[0]);
+    assert!(in_flight.may_send(b"a", "t2"), "a's first message settled");
+}
+
+#[test]
+fn classifies_errors() {
+    let p = |c| is_permanent(&KafkaError::MessageProduction(c));
+    assert!(p(RDKafkaErrorCode::MessageSizeTooLarge));
+    assert!(p(RDKafkaErrorCode::UnknownTopicOrPartition));
+    assert!(p(RDKafkaErrorCode::TopicAuthorizationFailed));
+    assert!(!p(RDKafkaErrorCode::MessageTimedOut));
+    assert!(!p(RDKafkaErrorCode::AllBrokersDown));
+    assert!(!p(RDKafkaErrorCode::NotLeaderForPartition));
+    let broken = |c| is_producer_broken(&KafkaError::MessageProduction(c));
+    assert!(broken(RDKafkaErrorCode::ProducerFenced));
+    assert!(broken(RDKafkaErrorCode::InvalidProducerEpoch));
+    assert!(broken(RDKafkaErrorCode::OutOfOrderSequenceNumber));
+    assert!(!broken(RDKafkaErrorCode::MessageTimedOut));
+    assert!(!broken(RDKafkaErrorCode::MessageSizeTooLarge));
+    assert_eq!(
+        failed(&KafkaError::MessageProduction(
+            RDKafkaErrorCode::ProducerFenced
+        )),
+        Outcome::ProducerBroken {
+            error: KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced).to_string()
+        }
+    );
+}
