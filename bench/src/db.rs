@@ -3,12 +3,17 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use outbox_testkit::ScratchDb;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::relay::Relay;
 use crate::workload;
+
+/// `application_name` of the benchmark's own connections, so the profiler
+/// can tell them from the relay's.
+const APPLICATION_NAME: &str = "outbox-bench";
 
 /// The server the benchmark creates its databases on.
 pub struct Server {
@@ -17,20 +22,20 @@ pub struct Server {
     keep: bool,
 }
 
-/// A database created for one scenario; dropped by [`Server::drop_db`].
-pub struct Db {
-    pub name: String,
-    pub url: String,
-    pub pool: PgPool,
-}
+/// A database created for one scenario; dropped by [`Server::drop_db`], or
+/// when it goes out of scope.
+pub type Db = ScratchDb;
 
 impl Server {
     /// Connects to `base_url` (any database of the server, used to create
     /// and drop the benchmark's own).
     pub async fn connect(base_url: &str, keep: bool) -> Result<Self> {
+        let options: PgConnectOptions = base_url
+            .parse()
+            .with_context(|| format!("{base_url} is not a PostgreSQL URL"))?;
         let admin = PgPoolOptions::new()
             .max_connections(2)
-            .connect_with(options(base_url)?)
+            .connect_with(options.application_name(APPLICATION_NAME))
             .await
             .with_context(|| format!("connecting to {base_url}"))?;
         Ok(Server {
@@ -48,71 +53,26 @@ impl Server {
         let _ = sqlx::query("CHECKPOINT").execute(&self.admin).await;
     }
 
-    /// A new, empty database `name` (dropped first if it exists) with the
-    /// outbox schema, and a pool of `connections` to it.
+    /// A new, empty database `name` (dropped first if an earlier run left
+    /// it) with the outbox schema, and a pool of `connections` to it.
     pub async fn fresh_db(&self, name: &str, connections: u32) -> Result<Db> {
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&self.admin)
-            .await
-            .with_context(|| format!("dropping database {name}"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&self.admin)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-        let url = with_database(&self.base_url, name);
-        let pool = PgPoolOptions::new()
-            .max_connections(connections)
-            .connect_with(options(&url)?)
-            .await
-            .with_context(|| format!("connecting to {name}"))?;
-        outbox::migrate(&pool)
-            .await
-            .with_context(|| format!("creating the outbox schema in {name}"))?;
-        Ok(Db {
-            name: name.to_owned(),
-            url,
-            pool,
-        })
+        Ok(ScratchDb::builder()
+            .admin_url(&self.base_url)
+            .name(name)
+            .pool_options(PgPoolOptions::new().max_connections(connections))
+            .application_name(APPLICATION_NAME)
+            .migrate(true)
+            .keep(self.keep)
+            .create()
+            .await?)
     }
 
-    /// Drops a scenario's database (unless `--keep-databases`).
+    /// Closes a scenario's pool and drops its database (unless
+    /// `--keep-databases`). A failed drop is ignored: the next run of the
+    /// same scenario drops it first.
     pub async fn drop_db(&self, db: Db) {
-        self.drop_db_ref(&db).await;
+        let _ = db.close().await;
     }
-
-    /// Drops a scenario's database that is still referenced elsewhere.
-    pub async fn drop_db_ref(&self, db: &Db) {
-        db.pool.close().await;
-        if self.keep {
-            return;
-        }
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name))
-            .execute(&self.admin)
-            .await;
-    }
-}
-
-/// Connection options for `url`, named `outbox-bench` so the profiler can
-/// tell the benchmark's own connections from the relay's.
-fn options(url: &str) -> Result<PgConnectOptions> {
-    let o: PgConnectOptions = url
-        .parse()
-        .with_context(|| format!("{url} is not a PostgreSQL URL"))?;
-    Ok(o.application_name("outbox-bench"))
-}
-
-/// `url` pointing at database `name` instead.
-fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let host_start = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let prefix = match base[host_start..].find('/') {
-        Some(slash) => &base[..host_start + slash],
-        None => base,
-    };
-    format!("{prefix}/{name}{query}")
 }
 
 /// Bulk-loads `n` messages for `topic`, numbered from `first`, in
@@ -224,20 +184,4 @@ pub async fn status_counts(pool: &PgPool) -> Result<Vec<(String, i64)>> {
     )
     .fetch_all(pool)
     .await?)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn swaps_the_database() {
-        assert_eq!(
-            super::with_database("postgres://postgres@127.0.0.1:5432/postgres", "b"),
-            "postgres://postgres@127.0.0.1:5432/b"
-        );
-        assert_eq!(
-            super::with_database("postgres://u:p@h/db?sslmode=disable", "b"),
-            "postgres://u:p@h/b?sslmode=disable"
-        );
-        assert_eq!(super::with_database("postgres://h", "b"), "postgres://h/b");
-    }
 }

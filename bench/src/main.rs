@@ -363,13 +363,14 @@ async fn run(args: Args) -> Result<Report> {
                 scenarios::drain(&ctx, plan.small),
             )
             .await;
-        if let Some(s) = &small {
-            ctx.server.drop_db_ref(&s.db).await;
-        }
-        if let (Some(s), Some(b)) = (
-            small.as_ref().map(|d| &d.result),
-            big_drain.as_ref().map(|d| &d.result),
-        ) {
+        let small = match small {
+            Some(s) => {
+                ctx.server.drop_db(s.db).await;
+                Some(s.result)
+            }
+            None => None,
+        };
+        if let (Some(s), Some(b)) = (small.as_ref(), big_drain.as_ref().map(|d| &d.result)) {
             let ratio = b.peak_rss_kib as f64 / s.peak_rss_kib as f64;
             run.rows.push(
                 Row::new(

@@ -165,9 +165,9 @@ pub async fn drain(ctx: &Ctx, n: u64) -> Result<Drained> {
 
 async fn drain_in(ctx: &Ctx, db: &Db, n: u64, name: &str) -> Result<DrainResult> {
     let topic = ctx.fresh_topic(name).await?;
-    let load = db::load(&db.pool, &topic, 0, n).await?;
-    db::settle(&db.pool).await?;
-    let table_loaded = db::sizes(&db.pool).await?;
+    let load = db::load(db.pool(), &topic, 0, n).await?;
+    db::settle(db.pool()).await?;
+    let table_loaded = db::sizes(db.pool()).await?;
     progress(format!(
         "drain {n}: loaded in {:.1}s; starting the relay",
         load.as_secs_f64()
@@ -175,9 +175,9 @@ async fn drain_in(ctx: &Ctx, db: &Db, n: u64, name: &str) -> Result<DrainResult>
 
     let spawned = Instant::now();
     let (mut relay, ready) =
-        Relay::start(&ctx.spec("notify", &[]), &db.url, &ctx.log(name)).await?;
-    let sampler = Sampler::start(db.pool.clone(), relay.pid());
-    let done = db::wait_drained(&db.pool, &mut relay, ctx.drain_timeout).await;
+        Relay::start(&ctx.spec("notify", &[]), db.url(), &ctx.log(name)).await?;
+    let sampler = Sampler::start(db.pool().clone(), relay.pid());
+    let done = db::wait_drained(db.pool(), &mut relay, ctx.drain_timeout).await;
     let profile = sampler.finish().await?;
     let done = done?;
     let peak_rss_kib = relay.peak_rss_kib()?;
@@ -185,7 +185,7 @@ async fn drain_in(ctx: &Ctx, db: &Db, n: u64, name: &str) -> Result<DrainResult>
     let log = relay.log().to_owned();
     relay.stop().await?;
 
-    let counts = db::status_counts(&db.pool).await?;
+    let counts = db::status_counts(db.pool()).await?;
     let unfinished: i64 = counts
         .iter()
         .filter(|(s, _)| s == "pending" || s == "dead")
@@ -199,7 +199,7 @@ async fn drain_in(ctx: &Ctx, db: &Db, n: u64, name: &str) -> Result<DrainResult>
         .verify_on_broker(&topic, n, &format!("drain {n}"))
         .await?;
     kafka::delete_topic(&ctx.brokers, &topic).await;
-    let table_drained = db::sizes(&db.pool).await?;
+    let table_drained = db::sizes(db.pool()).await?;
 
     let drain_seconds = done.duration_since(ready).as_secs_f64();
     let r = DrainResult {
@@ -277,12 +277,12 @@ async fn set_relay_waiting(db: &Db, waiting: bool) -> Result<()> {
              VALUES ($1, 'bench', now() + interval '1 hour')",
         )
         .bind(id)
-        .execute(&db.pool)
+        .execute(db.pool())
         .await?;
     } else {
         sqlx::query("DELETE FROM outbox.relay WHERE id = $1")
             .bind(id)
-            .execute(&db.pool)
+            .execute(db.pool())
             .await?;
     }
     Ok(())
@@ -302,14 +302,14 @@ async fn overhead_in(ctx: &Ctx, db: &Db, clients: usize, secs: f64) -> Result<Ov
          customer bigint NOT NULL, sku text NOT NULL, qty int NOT NULL, \
          created_at timestamptz NOT NULL DEFAULT now())",
     )
-    .execute(&db.pool)
+    .execute(db.pool())
     .await?;
     sqlx::query(
         "CREATE TABLE bench_plain (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
          topic text NOT NULL, msg_key bytea, payload bytea, \
          created_at timestamptz NOT NULL DEFAULT now())",
     )
-    .execute(&db.pool)
+    .execute(db.pool())
     .await?;
     let topic = ctx.topic("orders");
     // Alternate the variants in rounds, so drift from other work on the
@@ -344,10 +344,10 @@ async fn overhead_in(ctx: &Ctx, db: &Db, clients: usize, secs: f64) -> Result<Ov
         }
     }
     let outbox_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.message")
-        .fetch_one(&db.pool)
+        .fetch_one(db.pool())
         .await?;
     let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_order")
-        .fetch_one(&db.pool)
+        .fetch_one(db.pool())
         .await?;
     let [alone, with, waiting, floor] = totals;
     // Every committed transaction wrote its order, and its message when it
@@ -403,7 +403,7 @@ async fn write_load(
     let deadline = started + d;
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let pool = db.pool.clone();
+        let pool = db.pool().clone();
         let topic = topic.to_owned();
         let committed = committed.clone();
         tasks.push(tokio::spawn(async move {
@@ -541,7 +541,7 @@ async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: LatencyLoad) -> Result
     } = load;
     let topic = ctx.fresh_topic(name).await?;
     let consumer = ArrivalRecorder::start(&ctx.brokers, &topic, ctx.partitions)?;
-    let (mut relay, _) = Relay::start(&ctx.spec(wakeup, &[]), &db.url, &ctx.log(name)).await?;
+    let (mut relay, _) = Relay::start(&ctx.spec(wakeup, &[]), db.url(), &ctx.log(name)).await?;
 
     let skip = warmup(rate);
     let measured = (rate as f64 * secs).round() as u64;
@@ -553,7 +553,7 @@ async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: LatencyLoad) -> Result
     let period = per_tx as f64 / rate as f64;
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let pool = db.pool.clone();
+        let pool = db.pool().clone();
         let topic = topic.clone();
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
@@ -727,12 +727,12 @@ pub async fn health(ctx: &Ctx, n: u64, drained: Option<&Drained>) -> Result<Heal
     let db = ctx.server.fresh_db("outbox_bench_health", 4).await?;
     let result = async {
         let topic = ctx.fresh_topic("health-load").await?;
-        db::load(&db.pool, &topic, 0, n).await?;
-        let loaded = db::sizes(&db.pool).await?;
+        db::load(db.pool(), &topic, 0, n).await?;
+        let loaded = db::sizes(db.pool()).await?;
         drain_with_relay(ctx, &db, "health_drain").await?;
         ctx.verify_on_broker(&topic, n, "table health").await?;
         kafka::delete_topic(&ctx.brokers, &topic).await;
-        let drained = db::sizes(&db.pool).await?;
+        let drained = db::sizes(db.pool()).await?;
         health_in(ctx, &db, n, loaded, drained).await
     }
     .await;
@@ -742,8 +742,8 @@ pub async fn health(ctx: &Ctx, n: u64, drained: Option<&Drained>) -> Result<Heal
 
 /// Runs a relay with the default settings until `db` has nothing pending.
 async fn drain_with_relay(ctx: &Ctx, db: &Db, log: &str) -> Result<()> {
-    let (mut relay, _) = Relay::start(&ctx.spec("notify", &[]), &db.url, &ctx.log(log)).await?;
-    db::wait_drained(&db.pool, &mut relay, ctx.drain_timeout).await?;
+    let (mut relay, _) = Relay::start(&ctx.spec("notify", &[]), db.url(), &ctx.log(log)).await?;
+    db::wait_drained(db.pool(), &mut relay, ctx.drain_timeout).await?;
     relay.stop().await
 }
 
@@ -760,12 +760,12 @@ async fn health_in(
         "notify",
         &["--retention", "0s", "--sweep-schedule", "*/1 * * * * *"],
     );
-    let (mut relay, _) = Relay::start(&spec, &db.url, &ctx.log("health_sweep")).await?;
+    let (mut relay, _) = Relay::start(&spec, db.url(), &ctx.log("health_sweep")).await?;
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         relay.check_alive()?;
         let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox.message")
-            .fetch_one(&db.pool)
+            .fetch_one(db.pool())
             .await?;
         if left == 0 {
             break;
@@ -780,24 +780,24 @@ async fn health_in(
     let relay_log = relay.log().to_owned();
     relay.stop().await?;
 
-    let swept = db::sizes(&db.pool).await?;
+    let swept = db::sizes(db.pool()).await?;
     sqlx::query("VACUUM outbox.message")
-        .execute(&db.pool)
+        .execute(db.pool())
         .await?;
-    let vacuumed = db::sizes(&db.pool).await?;
+    let vacuumed = db::sizes(db.pool()).await?;
     // A topic that exists: the second cycle publishes these.
     let refill_topic = ctx.fresh_topic("health-refill").await?;
-    db::load(&db.pool, &refill_topic, n, n).await?;
-    let refilled = db::sizes(&db.pool).await?;
+    db::load(db.pool(), &refill_topic, n, n).await?;
+    let refilled = db::sizes(db.pool()).await?;
 
     progress("table health: a second cycle (drain, VACUUM, load)");
     drain_with_relay(ctx, db, "health_cycle2").await?;
     sqlx::query("VACUUM outbox.message")
-        .execute(&db.pool)
+        .execute(db.pool())
         .await?;
     kafka::delete_topic(&ctx.brokers, &refill_topic).await;
-    db::load(&db.pool, &ctx.topic("health-refill-again"), 2 * n, n).await?;
-    let refilled_again = db::sizes(&db.pool).await?;
+    db::load(db.pool(), &ctx.topic("health-refill-again"), 2 * n, n).await?;
+    let refilled_again = db::sizes(db.pool()).await?;
     let r = HealthResult {
         messages: n,
         loaded,

@@ -1,24 +1,21 @@
-//! The broker: a tansu process (memory or SQLite storage) or librdkafka's
-//! mock cluster hosted in this process.
+//! The broker: a tansu process (memory or SQLite storage; the process
+//! itself is `outbox_testkit::Broker`) or librdkafka's mock cluster hosted
+//! in this process.
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use outbox_testkit::Storage;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::util::{free_port, random_suffix};
-
-/// How tansu keeps its data.
+/// How tansu keeps its data (`--broker-storage`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Storage {
+pub enum BrokerStorage {
     /// In memory: lost on a restart, so broker faults are pauses.
     Memory,
     /// A SQLite file in the broker's folder: broker faults are SIGKILL and
@@ -26,124 +23,12 @@ pub enum Storage {
     Sqlite,
 }
 
-/// A tansu broker process on a port of its own. Killed (and its folder
-/// deleted) on drop.
-#[derive(Debug)]
-pub struct Tansu {
-    bin: PathBuf,
-    port: u16,
-    dir: PathBuf,
-    storage: Storage,
-    log_dir: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-}
-
-impl Tansu {
-    /// A broker with a port and a data folder, not started yet.
-    pub fn new(bin: &Path, storage: Storage, log_dir: &Path) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("outbox-chaos-tansu-{}", random_suffix()));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Tansu {
-            bin: bin.to_owned(),
-            port: free_port()?,
-            dir,
-            storage,
-            log_dir: log_dir.to_owned(),
-            child: None,
-            starts: 0,
-        })
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The broker's pid while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Spawns the broker process (does not wait for it to be ready).
-    pub fn spawn(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            bail!("tansu is already running");
+impl From<BrokerStorage> for Storage {
+    fn from(s: BrokerStorage) -> Storage {
+        match s {
+            BrokerStorage::Memory => Storage::Memory,
+            BrokerStorage::Sqlite => Storage::Sqlite,
         }
-        self.starts += 1;
-        let path = self.log_dir.join(format!("tansu-{}.log", self.starts));
-        let log = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let url = format!("tcp://{}", self.addr());
-        let storage = match self.storage {
-            Storage::Memory => "memory://tansu/",
-            // Relative to the working directory, which is the data folder.
-            Storage::Sqlite => "sqlite://tansu.db",
-        };
-        let child = Command::new(&self.bin)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", storage])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", self.bin.display()))?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    /// Fails if the broker process has exited.
-    pub fn check_alive(&mut self) -> Result<()> {
-        match self.child.as_mut().map(Child::try_wait) {
-            None => bail!("tansu is not running"),
-            Some(Ok(None)) => Ok(()),
-            Some(Ok(Some(status))) => bail!(
-                "tansu exited ({status}); see {}",
-                self.log_dir
-                    .join(format!("tansu-{}.log", self.starts))
-                    .display()
-            ),
-            Some(Err(e)) => Err(e.into()),
-        }
-    }
-
-    /// SIGKILLs the broker and reaps it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Creates `topic` with `partitions` partitions through the tansu CLI.
-    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        let output = tokio::process::Command::new(&self.bin)
-            .args(["topic", "create", "--broker"])
-            .arg(format!("tcp://{}", self.addr()))
-            .args(["--partitions", &partitions.to_string(), topic])
-            .current_dir(&self.dir)
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(30), output)
-            .await
-            .context("tansu topic create timed out")??;
-        if !output.status.success() {
-            bail!(
-                "tansu topic create {topic} failed ({}): {}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use outbox_testkit::Broker;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -16,7 +17,7 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::broker::{MockBroker, MockOp, Tansu};
+use crate::broker::{MockBroker, MockOp};
 use crate::pg::PgCtl;
 use crate::relays::{self, SharedRelays};
 use crate::util::{signal, sleep_or_stop, Downtime};
@@ -62,9 +63,9 @@ impl Kind {
 #[derive(Clone)]
 pub enum BrokerTarget {
     /// tansu with memory storage: pauses.
-    TansuPause(Arc<Mutex<Tansu>>),
+    TansuPause(Arc<Mutex<Broker>>),
     /// tansu with SQLite storage: kill and restart.
-    TansuRestart(Arc<Mutex<Tansu>>, String),
+    TansuRestart(Arc<Mutex<Broker>>, String),
     /// The mock cluster.
     Mock(Arc<MockBroker>, i32),
 }
@@ -375,7 +376,7 @@ fn broker_outage(
             }
             let d = ctx.duration(1.0, 4.0);
             downtime.begin();
-            tansu.lock().expect("tansu lock").kill();
+            tansu.lock().expect("tansu lock").stop();
             note(
                 &log,
                 started,
@@ -387,11 +388,15 @@ fn broker_outage(
             let (tansu, addr, busy) = (tansu.clone(), addr.clone(), busy.clone());
             tasks.spawn(async move {
                 sleep_or_stop(d, &mut heal).await;
-                let spawned = tansu.lock().expect("tansu lock").spawn();
+                let spawned = tansu
+                    .lock()
+                    .expect("tansu lock")
+                    .spawn()
+                    .map_err(Into::into);
                 let ready = match spawned {
                     Ok(()) => {
                         crate::broker::wait_ready(&addr, Duration::from_secs(30), || {
-                            tansu.lock().expect("tansu lock").check_alive()
+                            Ok(tansu.lock().expect("tansu lock").check_alive()?)
                         })
                         .await
                     }

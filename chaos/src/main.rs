@@ -34,8 +34,9 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use broker::{MockBroker, Storage, Tansu};
+use broker::{BrokerStorage, MockBroker};
 use faults::{BrokerTarget, FaultLog, Targets};
+use outbox_testkit::{random_suffix, Broker};
 use relays::{RelaySpec, Relays, RelaysGuard};
 use util::Downtime;
 use writer::{WriterSpec, WriterStats};
@@ -72,8 +73,8 @@ struct Args {
     broker: BrokerKind,
     /// tansu's storage: memory (broker faults are pauses) or sqlite
     /// (broker faults are SIGKILL and restart).
-    #[arg(long, value_enum, default_value_t = Storage::Memory)]
-    broker_storage: Storage,
+    #[arg(long, value_enum, default_value_t = BrokerStorage::Memory)]
+    broker_storage: BrokerStorage,
     /// Relays running at once.
     #[arg(long, default_value_t = 3)]
     relays: usize,
@@ -159,11 +160,11 @@ fn main() -> ExitCode {
 }
 
 /// Kills tansu when the main task ends, whoever else holds it.
-struct TansuGuard(Arc<Mutex<Tansu>>);
+struct TansuGuard(Arc<Mutex<Broker>>);
 
 impl Drop for TansuGuard {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).kill();
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).stop();
     }
 }
 
@@ -220,20 +221,26 @@ async fn run(args: Args) -> Result<bool> {
     .await?;
 
     // 2. The broker and the topic.
-    let topic = format!("chaos-{}", util::random_suffix());
+    let topic = format!("chaos-{}", random_suffix());
     let (brokers, target, tansu_guard, mock) = match args.broker {
         BrokerKind::Tansu => {
-            let mut tansu = Tansu::new(&args.tansu_bin, args.broker_storage, &run_dir)?;
+            // Logs go to RUN_DIR/tansu-N.log, one per start.
+            let mut tansu = Broker::builder()
+                .bin(&args.tansu_bin)
+                .storage(args.broker_storage.into())
+                .log_dir(&run_dir)
+                .build()?;
             tansu.spawn()?;
             let addr = tansu.addr();
-            broker::wait_ready(&addr, Duration::from_secs(30), || tansu.check_alive()).await?;
-            tansu.create_topic(&topic, args.partitions).await?;
+            broker::wait_ready(&addr, Duration::from_secs(30), || Ok(tansu.check_alive()?)).await?;
+            let partitions = u32::try_from(args.partitions).context("--partitions")?;
+            tansu.create_topic(&topic, partitions).await?;
             broker::wait_topic(&addr, &topic, args.partitions).await?;
             let tansu = Arc::new(Mutex::new(tansu));
             let guard = TansuGuard(tansu.clone());
             let target = match args.broker_storage {
-                Storage::Memory => BrokerTarget::TansuPause(tansu.clone()),
-                Storage::Sqlite => BrokerTarget::TansuRestart(tansu.clone(), addr.clone()),
+                BrokerStorage::Memory => BrokerTarget::TansuPause(tansu.clone()),
+                BrokerStorage::Sqlite => BrokerTarget::TansuRestart(tansu.clone(), addr.clone()),
             };
             (addr, target, Some(guard), None)
         }
@@ -527,7 +534,7 @@ async fn run(args: Args) -> Result<bool> {
         );
     }
     if args.broker == BrokerKind::Tansu
-        && args.broker_storage == Storage::Sqlite
+        && args.broker_storage == BrokerStorage::Sqlite
         && (!findings.lost.is_empty() || drained.is_err() || self_exit_total > 0)
     {
         let _ = writeln!(

@@ -8,8 +8,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use outbox_testkit::{free_port, random_suffix};
 
-use crate::util::{free_port, is_root, random_suffix};
+use crate::util::is_root;
 
 /// Where the PostgreSQL 15 binaries are.
 pub const PG_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";

@@ -31,7 +31,7 @@ pub fn read_all(
         .set("bootstrap.servers", brokers)
         .set(
             "group.id",
-            format!("outbox-chaos-{}", crate::util::random_suffix()),
+            format!("outbox-chaos-{}", outbox_testkit::random_suffix()),
         )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

@@ -4,15 +4,14 @@
 //! counted as self-exits.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use nix::sys::signal::Signal;
-use tokio::process::{Child, Command};
+use outbox_testkit::{ChildGuard, LogMode};
 
 use crate::util::signal;
 
@@ -46,9 +45,11 @@ pub enum SlotState {
     Stopping,
 }
 
+/// A relay slot; its guard kills and reaps the process when the slot (or
+/// the whole [`Relays`]) drops.
 #[derive(Debug)]
 struct Slot {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     pid: Option<u32>,
     generation: u32,
     state: SlotState,
@@ -108,17 +109,12 @@ impl Relays {
             .spec
             .log_dir
             .join(format!("relay-{i}-{generation}.log"));
-        let log = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         let mut cmd = Command::new(&self.spec.bin);
         cmd.args(["--database-url", &self.spec.database_url])
             .args(["--brokers", &self.spec.brokers])
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--name", &format!("chaos-relay-{i}")])
-            .args(&self.spec.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
+            .args(&self.spec.args);
         for (key, _) in std::env::vars_os() {
             if let Some(key) = key.to_str() {
                 if key.starts_with("OUTBOX_") || key == "DATABASE_URL" {
@@ -128,14 +124,13 @@ impl Relays {
         }
         cmd.env("RUST_LOG", &self.spec.rust_log)
             .env("NO_COLOR", "1");
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.spec.bin.display()))?;
+        let child =
+            ChildGuard::spawn_logged(format!("relay {i}"), &mut cmd, &path, LogMode::Truncate)?;
+        let pid = child.pid();
         let slot = &mut self.slots[i];
-        slot.pid = child.id();
+        slot.pid = Some(pid);
         slot.child = Some(child);
         slot.state = SlotState::Running;
-        let pid = slot.pid.unwrap_or(0);
         self.note(format!(
             "relay {i} generation {generation} started (pid {pid})"
         ));
@@ -147,10 +142,10 @@ impl Relays {
     pub fn supervise(&mut self) -> Result<()> {
         let now = Instant::now();
         for i in 0..self.slots.len() {
-            let exited = match self.slots[i].child.as_mut() {
-                Some(child) => child.try_wait()?,
-                None => None,
-            };
+            let exited = self.slots[i]
+                .child
+                .as_mut()
+                .and_then(ChildGuard::exit_status);
             if let Some(status) = exited {
                 let slot = &mut self.slots[i];
                 slot.child = None;
@@ -198,8 +193,10 @@ impl Relays {
     pub fn kill(&mut self, i: usize, down: Duration) {
         let slot = &mut self.slots[i];
         slot.state = SlotState::Down(Instant::now() + down);
+        // The supervisor reaps the exit status and, the slot being down,
+        // does not count it as a self-exit.
         if let Some(child) = slot.child.as_mut() {
-            let _ = child.start_kill();
+            child.kill();
         }
         let generation = slot.generation;
         self.note(format!(
@@ -272,8 +269,8 @@ impl Relays {
         let mut notes = Vec::new();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if let Some(child) = slot.child.as_mut() {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
+                match child.exit_status() {
+                    Some(status) => {
                         notes.push(format!(
                             "relay {i} generation {} exited after SIGTERM: {status}",
                             slot.generation
@@ -281,11 +278,7 @@ impl Relays {
                         slot.child = None;
                         slot.pid = None;
                     }
-                    Ok(None) => still += 1,
-                    Err(_) => {
-                        slot.child = None;
-                        slot.pid = None;
-                    }
+                    None => still += 1,
                 }
             }
         }
@@ -295,13 +288,11 @@ impl Relays {
         still
     }
 
-    /// SIGKILLs every relay still running.
+    /// SIGKILLs (and reaps) every relay still running.
     pub fn kill_all(&mut self) {
         for slot in &mut self.slots {
             slot.state = SlotState::Stopping;
-            if let Some(child) = slot.child.as_mut() {
-                let _ = child.start_kill();
-            }
+            // Dropping the guard kills and reaps the process.
             slot.child = None;
             slot.pid = None;
         }
@@ -320,12 +311,6 @@ impl Relays {
     /// Relay generations started so far, per slot.
     pub fn generations(&self) -> Vec<u32> {
         self.slots.iter().map(|s| s.generation).collect()
-    }
-}
-
-impl Drop for Relays {
-    fn drop(&mut self) {
-        self.kill_all();
     }
 }
 

@@ -1,37 +1,12 @@
-//! Small helpers: free ports, signals, readiness waits, the shared
-//! "something is deliberately down" clock.
+//! Small helpers: signals, the shared "something is deliberately down"
+//! clock.
 
-use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use rand::Rng;
-
-/// A TCP port nothing listens on right now.
-///
-/// Taken below the kernel's ephemeral range where possible: a broker or a
-/// database that is restarted on its port must find it still free, and a
-/// port in the ephemeral range can meanwhile become the local end of some
-/// outgoing connection.
-pub fn free_port() -> Result<u16> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    if ephemeral_low > 11_000 {
-        for _ in 0..200 {
-            let port = rand::rng().random_range(10_000..ephemeral_low);
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
 
 /// Sends `signal` to process `pid`; a process that is gone already is not
 /// an error.
@@ -47,11 +22,6 @@ pub fn signal(pid: u32, signal: Signal) -> Result<()> {
 /// the `postgres` user through `runuser`).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Random lowercase hex, for names that must not collide between runs.
-pub fn random_suffix() -> String {
-    format!("{:012x}", rand::rng().random::<u64>() & 0xffff_ffff_ffff)
 }
 
 /// Tracks the windows during which the harness itself took the database or

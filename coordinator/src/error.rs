@@ -47,6 +47,9 @@ pub enum Error {
         /// How long it was waited for.
         after: Duration,
     },
+    /// Creating or dropping a scratch database failed.
+    #[error(transparent)]
+    Scratch(#[from] outbox_testkit::Error),
     /// The outbox library failed (outbox variant of the order).
     #[error(transparent)]
     Outbox(#[from] outbox::Error),

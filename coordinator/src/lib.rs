@@ -37,6 +37,6 @@ pub use log::DecisionLog;
 pub use outbox_way::{place_order_outbox, Applied, StockApplier};
 pub use participant::{Backend, Branch, Completed, Participant, Work};
 pub use recovery::{recover, Recovered};
-pub use scratch::{with_database, ScratchDatabases};
+pub use scratch::ScratchDatabases;
 pub use three_phase::{AgentClient, ThreePhase, DEFAULT_REQUEST_TIMEOUT};
 pub use two_phase::{Outcome, Prepared, TwoPhase};

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use outbox_testkit::{with_database, ScratchDb};
 use sqlx::mysql::MySqlPoolOptions;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{MySqlPool, PgPool};
@@ -10,11 +11,16 @@ use crate::{Error, Participant, Result};
 /// database and a coordinator database on PostgreSQL, an inventory
 /// database on MariaDB. Names are random; [`ScratchDatabases::drop_all`]
 /// drops them (it fails while any of them holds a prepared transaction).
+/// The PostgreSQL ones are also dropped when this value drops without
+/// `drop_all` (a test that panicked); the MariaDB one is not, since a
+/// prepared XA branch would make its `DROP DATABASE` wait.
 #[derive(Debug)]
 pub struct ScratchDatabases {
-    pg_url: String,
     mysql_url: String,
+    inventory_url: String,
     name: String,
+    orders_db: ScratchDb,
+    coordinator_db: ScratchDb,
     /// The orders database (`orders` table; run `outbox::migrate` for the
     /// outbox variant).
     pub orders: PgPool,
@@ -22,15 +28,6 @@ pub struct ScratchDatabases {
     pub inventory: MySqlPool,
     /// The coordinator's database (for the [`crate::DecisionLog`]).
     pub coordinator: PgPool,
-}
-
-/// `url` with its database path replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let scheme_end = url.find("://").map_or(0, |i| i + 3);
-    let path_start = url[scheme_end..]
-        .find('/')
-        .map_or(url.len(), |i| i + scheme_end);
-    format!("{}/{db}", &url[..path_start])
 }
 
 impl ScratchDatabases {
@@ -44,16 +41,19 @@ impl ScratchDatabases {
         max_connections: u32,
     ) -> Result<Self> {
         let name = format!("{tag}_{:08x}", rand::random::<u32>());
-        let admin = PgPool::connect(pg_url)
-            .await
-            .map_err(Error::db("postgres"))?;
-        for suffix in ["orders", "coord"] {
-            sqlx::raw_sql(&format!("CREATE DATABASE {name}_{suffix}"))
-                .execute(&admin)
-                .await
-                .map_err(Error::db("postgres"))?;
-        }
-        admin.close().await;
+        let pg = |suffix: &str| {
+            ScratchDb::builder()
+                .admin_url(pg_url)
+                .name(format!("{name}_{suffix}"))
+                .pool_options(
+                    PgPoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(Duration::from_secs(10)),
+                )
+                .create()
+        };
+        let orders_db = pg("orders").await?;
+        let coordinator_db = pg("coord").await?;
         let my_admin = MySqlPool::connect(mysql_url)
             .await
             .map_err(Error::db("mariadb"))?;
@@ -63,20 +63,13 @@ impl ScratchDatabases {
             .map_err(Error::db("mariadb"))?;
         my_admin.close().await;
 
-        let pg = |db: String| {
-            PgPoolOptions::new()
-                .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_lazy(&with_database(pg_url, &db))
-                .map_err(Error::db(db))
-        };
-        let orders = pg(format!("{name}_orders"))?;
-        let coordinator = pg(format!("{name}_coord"))?;
+        let inventory_url = with_database(mysql_url, &format!("{name}_inv"))?;
         let inventory = MySqlPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy(&with_database(mysql_url, &format!("{name}_inv")))
+            .connect_lazy(&inventory_url)
             .map_err(Error::db("inventory"))?;
+        let orders = orders_db.pool().clone();
         sqlx::raw_sql(
             "CREATE TABLE orders (
                 id         uuid        PRIMARY KEY,
@@ -104,12 +97,14 @@ impl ScratchDatabases {
         .await
         .map_err(Error::db("inventory"))?;
         Ok(ScratchDatabases {
-            pg_url: pg_url.to_owned(),
             mysql_url: mysql_url.to_owned(),
+            inventory_url,
             name,
+            coordinator: coordinator_db.pool().clone(),
             orders,
             inventory,
-            coordinator,
+            orders_db,
+            coordinator_db,
         })
     }
 
@@ -120,17 +115,17 @@ impl ScratchDatabases {
 
     /// URL of the orders database.
     pub fn orders_url(&self) -> String {
-        with_database(&self.pg_url, &format!("{}_orders", self.name))
+        self.orders_db.url().to_owned()
     }
 
     /// URL of the coordinator database.
     pub fn coordinator_url(&self) -> String {
-        with_database(&self.pg_url, &format!("{}_coord", self.name))
+        self.coordinator_db.url().to_owned()
     }
 
     /// URL of the inventory database.
     pub fn inventory_url(&self) -> String {
-        with_database(&self.mysql_url, &format!("{}_inv", self.name))
+        self.inventory_url.clone()
     }
 
     /// The orders database as a participant named `orders`.
@@ -183,22 +178,9 @@ impl ScratchDatabases {
     /// Closes the pools and drops the three databases. Fails while any of
     /// them holds a prepared transaction.
     pub async fn drop_all(self) -> Result<()> {
-        self.orders.close().await;
-        self.coordinator.close().await;
         self.inventory.close().await;
-        let admin = PgPool::connect(&self.pg_url)
-            .await
-            .map_err(Error::db("postgres"))?;
-        for suffix in ["orders", "coord"] {
-            sqlx::raw_sql(&format!(
-                "DROP DATABASE IF EXISTS {}_{suffix} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&admin)
-            .await
-            .map_err(Error::db("postgres"))?;
-        }
-        admin.close().await;
+        self.orders_db.close().await?;
+        self.coordinator_db.close().await?;
         let my_admin = MySqlPool::connect(&self.mysql_url)
             .await
             .map_err(Error::db("mariadb"))?;

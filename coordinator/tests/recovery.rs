@@ -38,21 +38,22 @@ async fn crash(db: &ScratchDatabases, stop_after: &str, marker: &str) -> (Gid, T
     db.seed_stock("A1", 10).await.unwrap();
     let log = DecisionLog::new(db.coordinator.clone());
     log.migrate().await.unwrap();
-    let (child, line) = common::spawn_until(&child_args(db, stop_after), marker).await;
+    let (mut child, line) = common::spawn_until(&child_args(db, stop_after), marker).await;
     let gid = Gid::parse(line.split_whitespace().nth(1).unwrap()).unwrap();
-    common::kill(child).await;
+    child.kill();
 
     // In doubt on both databases, and the stock row is blocked.
-    let both = common::eventually(Duration::from_secs(10), || async {
-        common::prepared(db, db.name())
-            .await
-            .iter()
-            .filter(|g| **g == gid)
-            .count()
-            == 2
-    })
-    .await;
-    assert!(both, "both branches should stay prepared after the crash");
+    outbox_testkit::wait_for(
+        "both branches to stay prepared after the crash",
+        Duration::from_secs(10),
+        || async {
+            let prepared = common::prepared(db, db.name()).await;
+            let both = prepared.iter().filter(|g| **g == gid).count() == 2;
+            Ok::<_, outbox_testkit::Error>(both.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
     assert!(
         !common::stock_row_free(db, "A1").await,
         "in-doubt branch should hold the stock row lock"

@@ -71,15 +71,16 @@ impl Setup {
 
     /// Waits (at most 10 s) until both agents resolved `gid`.
     async fn resolutions(&self, gid: &Gid) -> (Resolved, Resolved) {
-        let done = common::eventually(Duration::from_secs(10), || async {
-            self.orders.resolution(gid).is_some() && self.inventory.resolution(gid).is_some()
+        let what = format!("both agents to resolve {gid}");
+        outbox_testkit::wait_for(&what, Duration::from_secs(10), || async {
+            let both = self
+                .orders
+                .resolution(gid)
+                .zip(self.inventory.resolution(gid));
+            Ok::<_, outbox_testkit::Error>(both)
         })
-        .await;
-        assert!(done, "agents did not resolve {gid}");
-        (
-            self.orders.resolution(gid).unwrap(),
-            self.inventory.resolution(gid).unwrap(),
-        )
+        .await
+        .unwrap()
     }
 
     async fn finish(self) {

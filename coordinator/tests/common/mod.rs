@@ -3,17 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use outbox_coordinator::{Gid, ScratchDatabases};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-pub fn pg_url() -> String {
-    std::env::var("OUTBOX_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+use outbox_testkit::ChildGuard;
 
 pub fn mysql_url() -> String {
     std::env::var("OUTBOX_TEST_MYSQL_URL")
@@ -21,7 +15,7 @@ pub fn mysql_url() -> String {
 }
 
 pub async fn scratch(tag: &str) -> ScratchDatabases {
-    ScratchDatabases::create(&pg_url(), &mysql_url(), tag, 4)
+    ScratchDatabases::create(&outbox_testkit::admin_url(), &mysql_url(), tag, 4)
         .await
         .expect("create scratch databases")
 }
@@ -64,49 +58,17 @@ pub async fn stock_row_free(db: &ScratchDatabases, sku: &str) -> bool {
     }
 }
 
-/// Polls `f` until it returns true or `deadline` passes.
-pub async fn eventually<F, Fut>(deadline: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if f().await {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Starts `outbox-compare <args>` and waits (at most 30 s) for a stdout line
-/// starting with `marker`; returns the child (still running) and the line.
-pub async fn spawn_until(args: &[String], marker: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outbox-compare"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn coordinator child");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.starts_with(marker) {
-                return line;
-            }
-        }
-        panic!("child exited before printing {marker}");
-    })
-    .await
-    .expect("child did not reach its stop point in 30 s");
+/// starting with `marker`; returns the child (still running, killed when
+/// dropped) and the line.
+pub async fn spawn_until(args: &[String], marker: &str) -> (ChildGuard, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outbox-compare"));
+    cmd.args(args).stdout(Stdio::piped());
+    let mut child =
+        ChildGuard::spawn("coordinator child", &mut cmd).expect("spawn coordinator child");
+    let line = child
+        .wait_for_line(marker, Duration::from_secs(30))
+        .await
+        .expect("child did not reach its stop point in 30 s");
     (child, line)
-}
-
-/// SIGKILLs the child and reaps it.
-pub async fn kill(mut child: Child) {
-    child.start_kill().expect("SIGKILL");
-    child.wait().await.expect("reap");
 }

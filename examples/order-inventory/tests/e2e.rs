@@ -7,14 +7,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-fn tansu_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return bin.into();
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    PathBuf::from(home).join(".cache/outbox/tansu-0.6.0/bin/tansu")
-}
-
 #[test]
 fn converges_through_crashes() {
     let demo = PathBuf::from(env!("CARGO_BIN_EXE_order-inventory-demo"));
@@ -43,7 +35,7 @@ fn converges_through_crashes() {
             "20",
         ])
         .arg("--tansu-bin")
-        .arg(tansu_bin())
+        .arg(outbox_testkit::tansu_bin())
         .arg("--run-dir")
         .arg(&run_dir)
         .status()

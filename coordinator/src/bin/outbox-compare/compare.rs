@@ -14,8 +14,8 @@ use outbox_coordinator::{
     Agent, AgentClient, DecisionLog, Faults, Gid, Participant, ScratchDatabases, StockApplier,
     ThreePhase, TwoPhase, Work,
 };
+use outbox_testkit::ChildGuard;
 use sqlx::mysql::MySqlPoolOptions;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use uuid::Uuid;
 
 /// Arguments of `outbox-compare run`.
@@ -394,33 +394,18 @@ async fn blocked_for(
     Ok(None)
 }
 
-async fn spawn_child(
-    args: &[String],
-    marker: &str,
-) -> anyhow::Result<(tokio::process::Child, String)> {
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(args)
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with(marker) {
-                return anyhow::Ok(line);
-            }
-        }
-        bail!("child exited before {marker}")
-    })
-    .await
-    .context("child did not reach its stop point")??;
+/// Starts this binary with `args` and waits (30 s at most) for a stdout
+/// line starting with `marker`; returns the child, still running and
+/// killed when dropped, and the line.
+async fn spawn_child(args: &[String], marker: &str) -> anyhow::Result<(ChildGuard, String)> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(args).stdout(Stdio::piped());
+    let mut child = ChildGuard::spawn("coordinator child", &mut cmd)?;
+    let line = child
+        .wait_for_line(marker, Duration::from_secs(30))
+        .await
+        .context("child did not reach its stop point")?;
     Ok((child, line))
-}
-
-async fn sigkill(mut child: tokio::process::Child) -> anyhow::Result<Instant> {
-    child.start_kill()?; // SIGKILL
-    child.wait().await?;
-    Ok(Instant::now())
 }
 
 async fn order_exists(db: &ScratchDatabases, sku: &str) -> anyhow::Result<bool> {
@@ -487,8 +472,9 @@ async fn fault_scenarios(db: &ScratchDatabases, args: &Args) -> anyhow::Result<S
         .iter()
         .map(|x| x.to_string())
         .collect();
-        let (child, _) = spawn_child(&child_args, marker).await?;
-        let killed = sigkill(child).await?;
+        let (mut child, _) = spawn_child(&child_args, marker).await?;
+        child.kill();
+        let killed = Instant::now();
         let blocked = blocked_for(db, &s, killed, OBSERVE).await?;
         let t = Instant::now();
         let rec = loop {
@@ -539,9 +525,10 @@ async fn fault_scenarios(db: &ScratchDatabases, args: &Args) -> anyhow::Result<S
         .iter()
         .map(|x| x.to_string())
         .collect();
-        let (child, line) = spawn_child(&child_args, marker).await?;
+        let (mut child, line) = spawn_child(&child_args, marker).await?;
         let gid = Gid::parse(line.split_whitespace().nth(1).context("gid")?)?;
-        let killed = sigkill(child).await?;
+        child.kill();
+        let killed = Instant::now();
         let blocked = blocked_for(db, &s, killed, OBSERVE + timeout).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while (orders_agent.resolution(&gid).is_none()
@@ -572,10 +559,7 @@ async fn fault_scenarios(db: &ScratchDatabases, args: &Args) -> anyhow::Result<S
 
     writeln!(r, "\n## Fault (b): inventory database unreachable\n")?;
     writeln!(r, "20 orders each, with the inventory side pointed at a closed port (2PC: the MariaDB participant; 3PC: the inventory agent; outbox: the applier).\n")?;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    let closed = outbox_testkit::free_port()?;
     let s = "Cdown".to_string();
     db.seed_stock(&s, 100).await?;
     let dead_pool = MySqlPoolOptions::new()

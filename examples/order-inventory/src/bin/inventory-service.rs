@@ -144,7 +144,7 @@ impl Handler for Reserve {
             .await?;
         let reply = StockDecision {
             order_id: order.order_id,
-            in_reply_to: m.id,
+            in_reply_to: m.id.0,
             reason: short.clone(),
         };
         let message_type = if short.is_none() {

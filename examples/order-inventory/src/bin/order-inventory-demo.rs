@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 use order_inventory::*;
+use outbox_testkit::{
+    free_port, http_get, http_request, wait_for, Broker, ChildGuard, LogMode, ScratchDb,
+};
 use rand::Rng;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
@@ -48,7 +51,7 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     duplicates: usize,
     /// Give up if not converged this long after the last order was placed.
-    #[arg(long, default_value = "120s", value_parser = humantime_parse)]
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// PostgreSQL URL used to create the two service databases.
     #[arg(
@@ -72,135 +75,30 @@ struct Args {
     keep: bool,
 }
 
-fn humantime_parse(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not like 120s or 3m"))?;
-    match unit {
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?} is not like 120s or 3m")),
-    }
+/// Waits (`deadline` at most) until `GET http://ADDR/healthz` answers
+/// 200, failing early if `proc` exits.
+async fn wait_healthy(addr: &str, deadline: Duration, proc: &mut ChildGuard) -> anyhow::Result<()> {
+    let what = format!("http://{addr}/healthz to answer 200");
+    wait_for(&what, deadline, || {
+        let alive = proc.check_alive();
+        async move {
+            alive?;
+            let ok = matches!(http_get(addr, "/healthz").await, Ok((200, _)));
+            Ok::<_, anyhow::Error>(ok.then_some(()))
+        }
+    })
+    .await
 }
 
-/// A child process that is killed when dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-}
-
-impl Proc {
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> anyhow::Result<Proc> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)?;
-        let child = cmd
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
-        Ok(Proc { name, child })
-    }
-
-    /// Fails if the process has exited on its own.
-    fn check_alive(&mut self, dir: &Path) -> anyhow::Result<()> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            bail!(
-                "{} exited ({status}); see {}",
-                self.name,
-                dir.join(format!("{}.log", self.name)).display()
-            );
-        }
-        Ok(())
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn sigterm(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+/// SIGTERM, then SIGKILL if `proc` is still there after 5 s.
+async fn stop(proc: &mut ChildGuard) {
+    if let Err(outbox_testkit::Error::Timeout { .. }) = proc.terminate(Duration::from_secs(5)).await
+    {
         eprintln!(
-            "{} did not stop on SIGTERM within 5s; killing it",
-            self.name
+            "{} did not stop on SIGTERM within 5s; killed it",
+            proc.name()
         );
-        self.sigkill();
     }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_http(
-    url: &str,
-    deadline: Duration,
-    proc: &mut Proc,
-    dir: &Path,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    loop {
-        proc.check_alive(dir)?;
-        if let Ok(r) = reqwest_lite(url).await {
-            if r.starts_with("HTTP/1.1 200") {
-                return Ok(());
-            }
-        }
-        if started.elapsed() > deadline {
-            bail!("{url} did not answer within {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A tiny HTTP/1.1 client (GET or POST JSON), to keep the example's
-/// dependencies to what the project already uses.
-async fn http(method: &str, url: &str, body: Option<&str>) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").context("http:// only")?;
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    let body = body.unwrap_or("");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).await?;
-    let status = resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-async fn reqwest_lite(url: &str) -> anyhow::Result<String> {
-    let (status, _) = http("GET", url, None).await?;
-    Ok(format!("HTTP/1.1 {status}"))
 }
 
 struct Stack {
@@ -214,7 +112,7 @@ struct Stack {
 }
 
 impl Stack {
-    fn relay(&self, which: &'static str, db: &str) -> anyhow::Result<Proc> {
+    fn relay(&self, which: &'static str, db: &str) -> anyhow::Result<ChildGuard> {
         // The same config files docker-compose.yml uses; only the addresses differ.
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/{which}.toml"));
         let mut cmd = Command::new(self.bin_dir.join("outbox-relay"));
@@ -226,10 +124,10 @@ impl Stack {
             "--http-listen",
             "127.0.0.1:0",
         ]);
-        Proc::spawn(which, cmd, &self.dir.join(format!("{which}.log")))
+        spawn(which, cmd, &self.dir)
     }
 
-    fn order_service(&self) -> anyhow::Result<Proc> {
+    fn order_service(&self) -> anyhow::Result<ChildGuard> {
         let mut cmd = Command::new(self.bin_dir.join("order-service"));
         cmd.args([
             "--database-url",
@@ -237,14 +135,11 @@ impl Stack {
             "--brokers",
             &self.brokers,
         ])
-        .args([
-            "--http-listen",
-            self.order_http.trim_start_matches("http://"),
-        ]);
-        Proc::spawn("order-service", cmd, &self.dir.join("order-service.log"))
+        .args(["--http-listen", &self.order_http]);
+        spawn("order-service", cmd, &self.dir)
     }
 
-    fn inventory_service(&self) -> anyhow::Result<Proc> {
+    fn inventory_service(&self) -> anyhow::Result<ChildGuard> {
         let mut cmd = Command::new(self.bin_dir.join("inventory-service"));
         cmd.args([
             "--database-url",
@@ -252,16 +147,21 @@ impl Stack {
             "--brokers",
             &self.brokers,
         ])
-        .args([
-            "--http-listen",
-            self.inventory_http.trim_start_matches("http://"),
-        ]);
-        Proc::spawn(
-            "inventory-service",
-            cmd,
-            &self.dir.join("inventory-service.log"),
-        )
+        .args(["--http-listen", &self.inventory_http]);
+        spawn("inventory-service", cmd, &self.dir)
     }
+}
+
+/// Starts `cmd` as `name`, its output appended to `DIR/<name>.log` (a
+/// restarted process keeps its first run's output there).
+fn spawn(name: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<ChildGuard> {
+    let log = dir.join(format!("{name}.log"));
+    Ok(ChildGuard::spawn_logged(
+        name,
+        &mut cmd,
+        &log,
+        LogMode::Append,
+    )?)
 }
 
 #[tokio::main]
@@ -286,39 +186,21 @@ async fn main() -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
     println!("run folder (logs, report): {}", dir.display());
 
-    // Databases: one per service, fresh.
-    let admin = PgPool::connect(&args.admin_url)
+    // Databases: one per service, fresh; the services create their tables.
+    let db = |service: &str| {
+        ScratchDb::builder()
+            .admin_url(&args.admin_url)
+            .prefix(format!("demo_{service}"))
+            .keep(args.keep)
+            .create()
+    };
+    let orders_db = db("orders").await.context("creating the orders database")?;
+    let inventory_db = db("inventory")
         .await
-        .context("connecting to PostgreSQL")?;
-    let suffix = format!("{:x}", rand::rng().random::<u32>());
-    let orders_db = format!("demo_orders_{suffix}");
-    let inventory_db = format!("demo_inventory_{suffix}");
-    for db in [&orders_db, &inventory_db] {
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&admin)
-            .await?;
-    }
-    let base = args
-        .admin_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&args.admin_url);
-    let outcome = run(
-        &args,
-        &dir,
-        &bin_dir,
-        format!("{base}/{orders_db}"),
-        format!("{base}/{inventory_db}"),
-        started,
-    )
-    .await;
-    if !args.keep {
-        for db in [&orders_db, &inventory_db] {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                .execute(&admin)
-                .await;
-        }
-    }
+        .context("creating the inventory database")?;
+    let outcome = run(&args, &dir, &bin_dir, &orders_db, &inventory_db, started).await;
+    let _ = orders_db.close().await;
+    let _ = inventory_db.close().await;
     outcome
 }
 
@@ -326,88 +208,45 @@ async fn run(
     args: &Args,
     dir: &Path,
     bin_dir: &Path,
-    orders_url: String,
-    inventory_url: String,
+    orders_db: &ScratchDb,
+    inventory_db: &ScratchDb,
     started: Instant,
 ) -> anyhow::Result<()> {
     // Broker.
-    let port = free_port()?;
-    let brokers = format!("127.0.0.1:{port}");
-    let tansu_dir = dir.join("tansu");
-    std::fs::create_dir_all(&tansu_dir)?;
-    let mut tansu_cmd = Command::new(&args.tansu_bin);
-    tansu_cmd
-        .current_dir(&tansu_dir)
+    let tansu = Broker::builder()
+        .bin(&args.tansu_bin)
+        .data_dir(dir.join("tansu"))
+        .log_file(dir.join("tansu.log"))
         // tansu logs every request at RUST_LOG=info; keep it quiet.
         .env_remove("RUST_LOG")
-        .args(["broker", "--listener-url", &format!("tcp://{brokers}")])
-        .args([
-            "--advertised-listener-url",
-            &format!("tcp://{brokers}"),
-            "--storage-engine",
-            "memory://tansu/",
-        ]);
-    let _tansu = Proc::spawn("tansu", tansu_cmd, &dir.join("tansu.log"))?;
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(&brokers).is_err() {
-        if t0.elapsed() > Duration::from_secs(20) {
-            bail!(
-                "tansu did not start; see {}",
-                dir.join("tansu.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .start_timeout(Duration::from_secs(20))
+        .start()
+        .await?;
+    let brokers = tansu.addr();
     for topic in [ORDER_EVENTS, INVENTORY_EVENTS] {
-        let ok = Command::new(&args.tansu_bin)
-            .args([
-                "topic",
-                "create",
-                "--broker",
-                &format!("tcp://{brokers}"),
-                "--partitions",
-                "6",
-                topic,
-            ])
-            .stdout(Stdio::null())
-            .status()?
-            .success();
-        if !ok {
-            bail!("cannot create topic {topic}");
-        }
+        tansu.create_topic(topic, 6).await?;
     }
 
+    let (orders_url, inventory_url) = (orders_db.url().to_owned(), inventory_db.url().to_owned());
     let stack = Stack {
         dir: dir.to_owned(),
         bin_dir: bin_dir.to_owned(),
         brokers: brokers.clone(),
         orders_url: orders_url.clone(),
         inventory_url: inventory_url.clone(),
-        order_http: format!("http://127.0.0.1:{}", free_port()?),
-        inventory_http: format!("http://127.0.0.1:{}", free_port()?),
+        order_http: format!("127.0.0.1:{}", free_port()?),
+        inventory_http: format!("127.0.0.1:{}", free_port()?),
     };
     let mut order_service = stack.order_service()?;
     let mut inventory_service = stack.inventory_service()?;
     let ready = Duration::from_secs(60);
-    wait_http(
-        &format!("{}/healthz", stack.order_http),
-        ready,
-        &mut order_service,
-        dir,
-    )
-    .await?;
-    wait_http(
-        &format!("{}/healthz", stack.inventory_http),
-        ready,
-        &mut inventory_service,
-        dir,
-    )
-    .await?;
+    wait_healthy(&stack.order_http, ready, &mut order_service).await?;
+    wait_healthy(&stack.inventory_http, ready, &mut inventory_service).await?;
     let mut order_relay = stack.relay("order-relay", &orders_url)?;
     let mut inventory_relay = stack.relay("inventory-relay", &inventory_url)?;
 
-    let orders_pool = PgPool::connect(&orders_url).await?;
-    let inventory_pool = PgPool::connect(&inventory_url).await?;
+    let orders_pool = orders_db.pool().clone();
+    let inventory_pool = inventory_db.pool().clone();
     let skus: Vec<String> = (1..=args.skus).map(|i| format!("SKU-{i}")).collect();
     for sku in &skus {
         sqlx::query("INSERT INTO stock (sku, available) VALUES ($1, $2)")
@@ -430,7 +269,7 @@ async fn run(
     let next = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..args.concurrency {
-        let (placed, next, skus, url, total) = (
+        let (placed, next, skus, addr, total) = (
             placed.clone(),
             next.clone(),
             skus.clone(),
@@ -462,7 +301,7 @@ async fn run(
                 };
                 let body = serde_json::json!({ "customer": "demo", "items": items }).to_string();
                 loop {
-                    match http("POST", &format!("{url}/orders"), Some(&body)).await {
+                    match http_request(&addr, "POST", "/orders", Some(&body)).await {
                         Ok((201, _)) => break,
                         Ok((status, b)) => eprintln!("order rejected ({status}): {b}; retrying"),
                         Err(e) => eprintln!("order service unreachable: {e}; retrying"),
@@ -488,7 +327,7 @@ async fn run(
             &mut order_relay,
             &mut inventory_relay,
         ] {
-            p.check_alive(dir)?;
+            p.check_alive()?;
         }
         let n = placed.load(Ordering::SeqCst);
         let counts = status_counts(&orders_pool).await.unwrap_or_default();
@@ -511,7 +350,7 @@ async fn run(
         }
 
         if args.chaos && !killed_inventory && n >= args.orders / 3 {
-            inventory_service.sigkill();
+            inventory_service.kill();
             crash_log.push(format!("SIGKILL inventory-service after {n} orders placed"));
             println!("\n  SIGKILL inventory-service; restarting it in 2s");
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -519,7 +358,7 @@ async fn run(
             killed_inventory = true;
         }
         if args.chaos && !killed_relay && n >= args.orders * 2 / 3 {
-            order_relay.sigkill();
+            order_relay.kill();
             crash_log.push(format!("SIGKILL order-relay after {n} orders placed"));
             println!("\n  SIGKILL order-relay; restarting it in 1s");
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -558,18 +397,18 @@ async fn run(
     let converge = converged_at - placed_at.expect("all placed");
 
     // Stop gracefully, then check.
-    let stats_orders = http("GET", &format!("{}/stats", stack.order_http), None)
+    let stats_orders = http_get(&stack.order_http, "/stats")
         .await
         .map(|r| r.1)
         .unwrap_or_default();
-    let stats_inventory = http("GET", &format!("{}/stats", stack.inventory_http), None)
+    let stats_inventory = http_get(&stack.inventory_http, "/stats")
         .await
         .map(|r| r.1)
         .unwrap_or_default();
-    order_relay.sigterm();
-    inventory_relay.sigterm();
-    order_service.sigterm();
-    inventory_service.sigterm();
+    stop(&mut order_relay).await;
+    stop(&mut inventory_relay).await;
+    stop(&mut order_service).await;
+    stop(&mut inventory_service).await;
 
     let report = check(args, &orders_pool, &inventory_pool, &skus, &brokers).await?;
     let mut text = String::new();

@@ -196,7 +196,7 @@ impl Handler for Replies {
         if updated.rows_affected() == 0 {
             tracing::warn!(order = %decision.order_id, "reply for an unknown or already decided order");
         }
-        outbox::confirm(&mut *tx, decision.in_reply_to).await?;
+        outbox::confirm(&mut *tx, outbox::MessageId(decision.in_reply_to)).await?;
         Ok(())
     }
 }

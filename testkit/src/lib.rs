@@ -1,0 +1,42 @@
+//! What the workspace's tests, benchmark, chaos harness and demos need
+//! around the code under test, written once:
+//!
+//! - [`ScratchDb`]: a PostgreSQL database of its own, created from an
+//!   admin URL, optionally with the outbox schema, dropped `WITH (FORCE)`
+//!   when the guard drops (or on [`ScratchDb::close`]).
+//! - [`Broker`]: a tansu process on a port and in a folder of its own;
+//!   stop, start and restart it, create topics; killed when dropped.
+//! - [`ChildGuard`]: any child process, SIGKILLed and reaped when dropped.
+//! - [`free_port`], [`wait_for_port`], [`http_get`], [`wait_for`]: the
+//!   small waits and probes around them.
+//!
+//! Everything fails with this crate's [`Error`], which converts into
+//! `anyhow::Error` with `?`.
+//!
+//! ```no_run
+//! # async fn demo() -> outbox_testkit::Result<()> {
+//! use outbox_testkit::{Broker, ScratchDb, Storage};
+//!
+//! let db = ScratchDb::new().await?; // outbox schema applied
+//! let broker = Broker::start_new(Storage::Memory).await?;
+//! broker.create_topic("orders", 3).await?;
+//! // … run a relay against db.url() and broker.addr() …
+//! db.close().await?; // or just let both guards drop
+//! # Ok(()) }
+//! ```
+
+mod broker;
+mod child;
+mod error;
+mod net;
+mod scratch;
+mod wait;
+
+pub use broker::{
+    tansu_bin, Broker, BrokerBuilder, Storage, CREATE_TOPIC_TIMEOUT, DEFAULT_START_TIMEOUT,
+};
+pub use child::{ChildGuard, LogMode};
+pub use error::{Error, Result};
+pub use net::{free_port, http_get, http_request, wait_for_port, HTTP_TIMEOUT};
+pub use scratch::{admin_url, with_database, ScratchDb, ScratchDbBuilder, DEFAULT_ADMIN_URL};
+pub use wait::{random_suffix, wait_for, POLL_INTERVAL};
