@@ -67,7 +67,7 @@ pub mod headers {
     pub const RESERVED_PREFIX: &str = "outbox-";
 }
 
-// Compile the README's and the docs' examples as doc tests, so they
-// cannot rot.
+// Compile the docs' examples that use only this crate as doc tests, so
+// they cannot rot (the README's compile with the relay's).
 #[cfg(doctest)]
 mod doctests;

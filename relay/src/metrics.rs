@@ -35,5 +35,5 @@ pub const STALLED: &str = "outbox_relay_stalled";
 pub const SLOW_FETCHES: &str = "outbox_relay_slow_fetches_total";
 /// Counter: messages acknowledged after an earlier message of their key
 /// failed on the broker (librdkafka skipped the failed one; it is sent
-/// again after them). Should stay 0; see the README's known limits.
+/// again after them). Should stay 0; see docs/limits.md.
 pub const ORDER_GAPS: &str = "outbox_relay_order_gaps_total";
