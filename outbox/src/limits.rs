@@ -13,7 +13,6 @@ const DEFAULT_MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 /// all of a message's headers together.
 const DEFAULT_MAX_HEADERS_BYTES: usize = 64 * 1024;
 
-
 const MAX_TOPIC_LEN: usize = 249;
 const MAX_HEADER_NAME_LEN: usize = 255;
 const MAX_TYPE_LEN: usize = 255;

@@ -119,7 +119,10 @@ mod tests {
             })
             .collect();
         assert!(!channels.is_empty());
-        assert!(channels.iter().all(|c| *c == WAKEUP_CHANNEL), "{channels:?}");
+        assert!(
+            channels.iter().all(|c| *c == WAKEUP_CHANNEL),
+            "{channels:?}"
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! business rows written next to it, and nobody sees it before the commit.
 
 use anyhow::Result;
-use outbox_testkit::ScratchDb as TestDb;
 use outbox::{Message, MessageId, Outbox};
+use outbox_testkit::ScratchDb as TestDb;
 use uuid::Uuid;
 
 /// One `outbox.message` row as the tests compare it.

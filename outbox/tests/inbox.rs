@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use outbox_testkit::ScratchDb as TestDb;
 use outbox::{Inbox, MessageId};
+use outbox_testkit::ScratchDb as TestDb;
 use uuid::Uuid;
 
 /// Runs the "effect" (a counter increment) for `id` the way a consumer
