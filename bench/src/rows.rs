@@ -1,0 +1,218 @@
+//! The report's rows: each measurement's figure beside its limit, as a
+//! ratio to it, and against its target.
+
+use crate::db;
+use crate::report::{mib, thousands, Row};
+use crate::scenarios::{
+    CeilingResult, DrainResult, HealthResult, LatencyResult, OverheadResult, ProbeResult,
+};
+
+/// Targets from the issue.
+const RELAY_VS_CEILING: f64 = 0.70;
+const WRITE_OVERHEAD: f64 = 1.15;
+const P99_MS_AT_1000_NOTIFY: f64 = 25.0;
+const MEMORY_GROWTH: f64 = 1.20;
+const TABLE_GROWTH: f64 = 1.20;
+
+/// (1): the ceiling's row, the mean of the runs before and after the
+/// drain; returns that mean, or None when no ceiling run succeeded.
+pub fn ceiling(rows: &mut Vec<Row>, n: u64, ceilings: &[CeilingResult]) -> Option<f64> {
+    let ceiling = (!ceilings.is_empty())
+        .then(|| ceilings.iter().map(|c| c.rate).sum::<f64>() / ceilings.len() as f64);
+    if let Some(c) = ceiling {
+        let each: Vec<String> = ceilings.iter().map(|c| thousands(c.rate)).collect();
+        rows.push(
+            Row::new(
+                "1",
+                format!("ceiling: raw producer, {} records", thousands(n as f64)),
+                format!("{} msg/s", thousands(c)),
+            )
+            .limit(format!(
+                "mean of runs before/after drain: {}",
+                each.join(" / ")
+            )),
+        );
+    }
+    ceiling
+}
+
+/// (2): the drain of the `n` backlog, against the ceiling when there is
+/// one, and where its time went.
+pub fn drain(rows: &mut Vec<Row>, n: u64, d: &DrainResult, ceiling: Option<f64>) {
+    let mut row = Row::new(
+        "2",
+        format!("relay drain, {} backlog", thousands(n as f64)),
+        format!("{} msg/s", thousands(d.rate)),
+    );
+    if let Some(c) = ceiling {
+        let ratio = d.rate / c;
+        row = row
+            .limit(format!("ceiling {} msg/s", thousands(c)))
+            .ratio(ratio)
+            .target(
+                format!("≥ {RELAY_VS_CEILING:.2} × ceiling"),
+                ratio >= RELAY_VS_CEILING,
+            );
+    }
+    rows.push(row);
+    rows.push(
+        Row::new(
+            "2",
+            "… where the drain's time went (sampled pg_stat_activity, /proc)",
+            d.profile.summary(),
+        )
+        .limit(format!(
+            "{:.0} batches, {:.1} ms each",
+            d.batches,
+            1e3 * d.batch_seconds_sum / d.batches.max(1.0)
+        )),
+    );
+}
+
+/// (5): the relay's peak RSS draining the big backlog (`b`, of `n`) over
+/// the small one (`s`, of `small`).
+pub fn memory(rows: &mut Vec<Row>, n: u64, small: u64, s: &DrainResult, b: &DrainResult) {
+    let ratio = b.peak_rss_kib as f64 / s.peak_rss_kib as f64;
+    rows.push(
+        Row::new(
+            "5",
+            format!(
+                "relay peak RSS, {} vs {} backlog",
+                thousands(n as f64),
+                thousands(small as f64)
+            ),
+            format!(
+                "{} vs {}",
+                mib(b.peak_rss_kib as f64 * 1024.0),
+                mib(s.peak_rss_kib as f64 * 1024.0)
+            ),
+        )
+        .limit(format!(
+            "{} backlog: {}",
+            thousands(small as f64),
+            mib(s.peak_rss_kib as f64 * 1024.0)
+        ))
+        .ratio(ratio)
+        .target(format!("≤ {MEMORY_GROWTH:.2}"), ratio <= MEMORY_GROWTH),
+    );
+}
+
+/// (6): the table's size at each stage of the health measurement.
+pub fn health(rows: &mut Vec<Row>, n: u64, h: &HealthResult) {
+    let show = |s: &db::Sizes| {
+        format!(
+            "{} (indexes {}, {} rows)",
+            mib(s.total_bytes as f64),
+            mib(s.index_bytes as f64),
+            thousands(s.rows as f64)
+        )
+    };
+    let k = thousands(n as f64);
+    rows.push(Row::new(
+        "6",
+        format!("outbox.message, {k} loaded"),
+        show(&h.loaded),
+    ));
+    rows.push(Row::new(
+        "6",
+        "… drained (rows deleted on acknowledgement, space not yet reclaimed)",
+        show(&h.drained),
+    ));
+    rows.push(Row::new(
+        "6",
+        "… swept (sweeper, --retention 0s)",
+        show(&h.swept),
+    ));
+    rows.push(Row::new("6", "… after VACUUM", show(&h.vacuumed)));
+    rows.push(
+        Row::new("6", format!("… refilled with {k}"), show(&h.refilled))
+            .limit(format!("first load {}", mib(h.loaded.total_bytes as f64)))
+            .ratio(h.growth)
+            .target(
+                format!("≤ {TABLE_GROWTH:.2} (bounded)"),
+                h.growth <= TABLE_GROWTH,
+            ),
+    );
+    rows.push(
+        Row::new(
+            "6",
+            "… second cycle: drained, VACUUM, refilled",
+            show(&h.refilled_again),
+        )
+        .limit(format!("first load {}", mib(h.loaded.total_bytes as f64)))
+        .ratio(h.growth_again)
+        .target(
+            format!("≤ {TABLE_GROWTH:.2} (bounded)"),
+            h.growth_again <= TABLE_GROWTH,
+        ),
+    );
+}
+
+/// (3): the order transaction with an outbox message against it alone,
+/// and the two diagnostics beside it.
+pub fn overhead(rows: &mut Vec<Row>, o: &OverheadResult) {
+    rows.push(
+        Row::new(
+            "3",
+            format!("order tx + 1 outbox message, {} clients", o.clients),
+            format!("{} tx/s", thousands(o.with_outbox_rate)),
+        )
+        .limit(format!("order tx alone {} tx/s", thousands(o.alone_rate)))
+        .ratio(o.ratio)
+        .target(
+            format!("alone/with ≤ {WRITE_OVERHEAD:.2}"),
+            o.ratio <= WRITE_OVERHEAD,
+        ),
+    );
+    rows.push(
+        Row::new(
+            "3",
+            "… diagnostic: same while a relay waits (every commit notifies)",
+            format!("{} tx/s", thousands(o.waiting_rate)),
+        )
+        .limit(format!("order tx alone {} tx/s", thousands(o.alone_rate)))
+        .ratio(o.waiting_ratio),
+    );
+    rows.push(
+        Row::new(
+            "3",
+            "… floor: order tx + a plain second INSERT of the same width",
+            format!("{} tx/s", thousands(o.floor_rate)),
+        )
+        .limit(format!("order tx alone {} tx/s", thousands(o.alone_rate)))
+        .ratio(o.floor_ratio),
+    );
+}
+
+/// (4): one latency run, against the broker alone at the same rate when
+/// that probe succeeded; the target applies to notify at 1,000 msg/s.
+pub fn latency(wakeup: &str, rate: u32, l: &LatencyResult, probe: Option<&ProbeResult>) -> Row {
+    let mut row = Row::new(
+        "4",
+        format!(
+            "latency, {wakeup}, {} msg/s ({} msg/tx; reached {})",
+            thousands(rate as f64),
+            l.per_tx,
+            thousands(l.achieved_rate)
+        ),
+        format!(
+            "p50 {:.1} / p99 {:.1} / max {:.1} ms",
+            l.latency.p50_ms, l.latency.p99_ms, l.latency.max_ms
+        ),
+    );
+    if let Some(p) = probe {
+        row = row
+            .limit(format!(
+                "broker alone p50 {:.1} / p99 {:.1} ms",
+                p.latency.p50_ms, p.latency.p99_ms
+            ))
+            .ratio(l.latency.p99_ms / p.latency.p99_ms.max(0.001));
+    }
+    if wakeup == "notify" && rate == 1000 {
+        row = row.target(
+            format!("p99 ≤ {P99_MS_AT_1000_NOTIFY:.0} ms"),
+            l.latency.p99_ms <= P99_MS_AT_1000_NOTIFY,
+        );
+    }
+    row
+}
