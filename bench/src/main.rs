@@ -11,8 +11,8 @@
 //! 6. outbox table and index size through load, drain, sweep, VACUUM and
 //!    refill.
 //!
-//! Run it through `scripts/bench.sh` (which starts the services); see the
-//! README's "Benchmarks" section.
+//! Run it through `scripts/bench.sh` (which starts the services); see
+//! docs/benchmarks.md.
 
 mod cli;
 mod db;

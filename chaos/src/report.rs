@@ -201,7 +201,7 @@ pub fn write(outcome: Outcome<'_>) -> Result<bool> {
         let _ = writeln!(
             d,
             "note: tansu 0.6.0 with SQLite storage is known to fail idempotent producers after a \
-             restart (README, \"The test broker\"); relay exits or undelivered messages after a \
+             restart (docs/limits.md, \"The test broker\"); relay exits or undelivered messages after a \
              broker_restart may be that broker gap rather than the relay's"
         );
     }
