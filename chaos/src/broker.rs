@@ -2,15 +2,12 @@
 //! itself is `outbox_testkit::Broker`) or librdkafka's mock cluster hosted
 //! in this process.
 
-use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
-use outbox_testkit::Storage;
-use rdkafka::config::ClientConfig;
+use anyhow::{anyhow, Context, Result};
+use outbox_testkit::{kafka, Storage};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 /// How tansu keeps its data (`--broker-storage`).
@@ -38,71 +35,17 @@ impl From<BrokerStorage> for Storage {
 pub async fn wait_ready(
     brokers: &str,
     timeout: Duration,
-    mut alive: impl FnMut() -> Result<()>,
+    alive: impl FnMut() -> Result<()>,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    let addr: Option<SocketAddr> = brokers.split(',').next().and_then(|a| a.parse().ok());
-    loop {
-        alive()?;
-        let tcp_ok = addr
-            .map(|a| TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok())
-            .unwrap_or(true);
-        if tcp_ok {
-            let b = brokers.to_owned();
-            if tokio::task::spawn_blocking(move || metadata_ok(&b)).await? {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the broker at {brokers} did not answer metadata within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    kafka::wait_for_metadata_while(brokers, timeout, alive).await
 }
 
-/// Waits until `topic` shows `partitions` partitions in the metadata.
+/// Waits (30 s at most) until `topic` shows `partitions` partitions in
+/// the metadata.
 pub async fn wait_topic(brokers: &str, topic: &str, partitions: i32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (b, t) = (brokers.to_owned(), topic.to_owned());
-        let n = tokio::task::spawn_blocking(move || partition_count(&b, &t)).await?;
-        if matches!(n, Ok(n) if n == partitions as usize) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("topic {topic} did not show {partitions} partitions within 30s (last: {n:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn metadata_ok(brokers: &str) -> bool {
-    let producer: Result<BaseProducer, _> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("reconnect.backoff.max.ms", "200")
-        .create();
-    match producer {
-        Ok(p) => p
-            .client()
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-fn partition_count(brokers: &str, topic: &str) -> Result<usize> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0))
+    let partitions = u32::try_from(partitions).context("partitions")?;
+    kafka::wait_for_partitions(brokers, topic, partitions, Duration::from_secs(30)).await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------

@@ -337,7 +337,7 @@ async fn a_relay_that_cannot_publish_says_so_then_gives_up_its_keys() -> Result<
         || {
             let http = http.clone();
             async move {
-                let (status, body) = common::get_healthz(&http).await?;
+                let (status, body) = outbox_testkit::http_get(&http, "/healthz").await?;
                 Ok((status == 503 && body.contains("no message acknowledged")).then_some(body))
             }
         },

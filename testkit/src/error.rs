@@ -105,6 +105,16 @@ pub enum Error {
         /// Its stdout and stderr.
         output: String,
     },
+    /// A Kafka metadata request (or creating the client for it) failed.
+    #[cfg(feature = "kafka")]
+    #[error("asking {brokers} for metadata: {source}")]
+    Metadata {
+        /// The `bootstrap.servers` asked.
+        brokers: String,
+        /// What librdkafka reported.
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
     /// An HTTP peer answered something that is not an HTTP response.
     #[error("not an HTTP response from {addr}: {response:?}")]
     Http {

@@ -9,6 +9,8 @@
 //! - [`ChildGuard`]: any child process, SIGKILLed and reaped when dropped.
 //! - [`free_port`], [`wait_for_port`], [`http_get`], [`wait_for`]: the
 //!   small waits and probes around them.
+//! - `kafka` (feature `kafka`): wait until a broker answers Kafka
+//!   metadata requests, or a topic shows its partitions.
 //!
 //! Everything fails with this crate's [`Error`], which converts into
 //! `anyhow::Error` with `?`.
@@ -28,6 +30,8 @@
 mod broker;
 mod child;
 mod error;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod net;
 mod scratch;
 mod wait;

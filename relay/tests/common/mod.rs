@@ -4,28 +4,34 @@
 //! Every test gets its own database and its own topic, so tests can run in
 //! parallel. Processes are killed when their guard drops (also when a test
 //! panics), and their output goes to `target/test-logs/` for debugging.
+//!
+//! The databases, the broker process and the child guards come from
+//! `outbox-testkit`; what is here is what only the relay's tests need: the
+//! relay's command line, Kafka-level readiness for the broker, and reading
+//! topics back.
 
 // Each test binary uses a different part of the harness.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rand::Rng;
+use outbox_testkit::{kafka, ChildGuard, LogMode, ScratchDb};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
-use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
+
+// Not every test binary uses each of these either.
+#[allow(unused_imports)]
+pub use outbox_testkit::{free_port, random_suffix, Storage};
 
 pub mod order;
 
@@ -36,9 +42,6 @@ pub fn relay_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_outbox-relay")))
 }
-
-/// Admin database used when `OUTBOX_TEST_DATABASE_URL` is not set.
-pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Relay flags that keep crash recovery fast: a killed relay's shards are
 /// free again after 6 s, and a delivery gives up after 2 s.
@@ -51,35 +54,9 @@ pub const FAST_RECOVERY: &[&str] = &[
     "200ms",
 ];
 
-/// Random lowercase hex, for names that must not collide between tests or
-/// between concurrent runs.
-pub fn random_suffix() -> String {
-    format!("{:016x}", rand::rng().random::<u64>())
-}
-
-/// A TCP port nothing listens on right now.
-///
-/// Taken below the kernel's ephemeral range where possible: a broker that
-/// is stopped and started again on its port must find it still free, and a
-/// port in the ephemeral range can meanwhile become the local end of some
-/// outgoing connection (even a client's own reconnect attempt to that very
-/// port, which then connects to itself).
-pub fn free_port() -> Result<u16> {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    if ephemeral_low > 11_000 {
-        for _ in 0..200 {
-            let port = rand::rng().random_range(10_000..ephemeral_low);
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
+/// How long a broker may take to answer metadata after a start, and a new
+/// topic to show its partitions.
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `target/test-logs`, created if needed.
 pub fn log_dir() -> PathBuf {
@@ -92,66 +69,28 @@ pub fn log_dir() -> PathBuf {
     dir
 }
 
-/// A log file under `target/test-logs`, truncated.
-pub fn log_file(name: &str) -> Result<(File, PathBuf)> {
-    let path = log_dir().join(format!("{name}.log"));
-    let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-    Ok((file, path))
+/// `target/test-logs/<name>.log`.
+pub fn log_path(name: &str) -> PathBuf {
+    log_dir().join(format!("{name}.log"))
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or fails after
-/// `timeout` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+/// `outbox_testkit::wait_for` with the tests' error type, so a check
+/// written with `?` on any error needs no annotation: polls `check` every
+/// 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    outbox_testkit::wait_for(what, timeout, check).await
 }
 
 // ---------------------------------------------------------------------------
 // Database
 // ---------------------------------------------------------------------------
 
-/// The admin URL tests create their databases through.
-pub fn admin_url() -> String {
-    std::env::var("OUTBOX_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
-}
-
-/// `url` with its database name replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base
-        .find("://")
-        .ok_or_else(|| anyhow!("not a URL: {url}"))?
-        + 3;
-    let host_and_path = &base[scheme_end..];
-    let host = match host_and_path.find('/') {
-        Some(slash) => &host_and_path[..slash],
-        None => host_and_path,
-    };
-    let mut out = format!("{}{host}/{db}", &base[..scheme_end]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    Ok(out)
-}
-
-/// A database of its own for one test, dropped (WITH (FORCE)) when this
-/// guard drops.
+/// A database of its own for one test (an `outbox_testkit::ScratchDb`),
+/// dropped (WITH (FORCE)) when this guard drops.
 pub struct TestDb {
     /// A pool on the test database.
     pub pool: PgPool,
@@ -159,43 +98,19 @@ pub struct TestDb {
     pub url: String,
     /// The database's name.
     pub name: String,
-    admin_url: String,
+    /// Drops the database when the guard drops.
+    _scratch: ScratchDb,
 }
 
 impl TestDb {
     /// A fresh database with the outbox schema applied.
     pub async fn new() -> Result<Self> {
-        let db = Self::without_schema().await?;
-        outbox::migrate(&db.pool)
-            .await
-            .context("outbox::migrate on the test database")?;
-        Ok(db)
+        Ok(Self::from(ScratchDb::new().await?))
     }
 
     /// A fresh, empty database: no outbox schema.
     pub async fn without_schema() -> Result<Self> {
-        let admin_url = admin_url();
-        let name = format!("outbox_test_{}", random_suffix());
-        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
-            format!("connecting to the admin database {admin_url} (set OUTBOX_TEST_DATABASE_URL)")
-        })?;
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("CREATE DATABASE {name}"))?;
-        let _ = admin.close().await;
-        let url = with_database(&admin_url, &name)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect(&url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        Ok(TestDb {
-            pool,
-            url,
-            name,
-            admin_url,
-        })
+        Ok(Self::from(ScratchDb::without_schema().await?))
     }
 
     /// Enqueues `count` messages to `topic`, `tx_size` per transaction;
@@ -266,30 +181,14 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime, which cannot block: do the
-        // cleanup on a thread with a runtime of its own and wait for it.
-        let admin_url = self.admin_url.clone();
-        let name = self.name.clone();
-        let cleanup = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async move {
-                if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
-                    let _ = admin.close().await;
-                }
-            });
-        });
-        let _ = cleanup.join();
+impl From<ScratchDb> for TestDb {
+    fn from(scratch: ScratchDb) -> Self {
+        TestDb {
+            pool: scratch.pool().clone(),
+            url: scratch.url().to_owned(),
+            name: scratch.name().to_owned(),
+            _scratch: scratch,
+        }
     }
 }
 
@@ -297,191 +196,66 @@ impl Drop for TestDb {
 // Broker
 // ---------------------------------------------------------------------------
 
-/// Where the tansu binary is: `TANSU_BIN`, `tansu` on PATH, or the copy
-/// the project's setup installs under `~/.cache/outbox`.
-pub fn tansu_bin() -> Result<PathBuf> {
-    if let Ok(bin) = std::env::var("TANSU_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let candidate = dir.join("tansu");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let candidate = Path::new(&home).join(".cache/outbox/tansu-0.6.0/bin/tansu");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!("tansu not found: set TANSU_BIN, put tansu on PATH, or install it to ~/.cache/outbox/tansu-0.6.0/bin/tansu")
-}
-
-/// How the broker keeps its data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    /// In memory: fast, lost when the broker stops.
-    Memory,
-    /// A SQLite file in the broker's temp dir: survives a restart.
-    Sqlite,
-}
-
-/// A tansu broker on a port of its own. Killed when dropped.
+/// An `outbox_testkit::Broker` whose starts wait until it answers Kafka
+/// metadata requests, not just until its port accepts, and whose topics
+/// are awaited in the metadata. Each start logs to
+/// `target/test-logs/<name>-tansu-<n>.log`. Killed when dropped.
 pub struct Broker {
-    name: String,
-    port: u16,
-    storage: Storage,
-    data: tempfile::TempDir,
-    child: Option<Child>,
-    starts: u32,
+    inner: outbox_testkit::Broker,
 }
 
 impl Broker {
     /// A broker, started, answering metadata requests.
     pub async fn start_new(name: &str, storage: Storage) -> Result<Self> {
-        let mut broker = Self::new_stopped(name, storage)?;
+        let inner = outbox_testkit::Broker::builder()
+            .storage(storage)
+            .log_dir(log_dir())
+            .log_stem(format!("{name}-tansu"))
+            .build()?;
+        let mut broker = Broker { inner };
         broker.start().await?;
         Ok(broker)
     }
 
-    /// A broker with a port and a data folder, not started yet.
-    pub fn new_stopped(name: &str, storage: Storage) -> Result<Self> {
-        Ok(Broker {
-            name: name.to_owned(),
-            port: free_port()?,
-            storage,
-            data: tempfile::Builder::new()
-                .prefix("outbox-tansu-")
-                .tempdir()
-                .context("creating the broker's data folder")?,
-            child: None,
-            starts: 0,
-        })
-    }
-
     /// `127.0.0.1:PORT`, for `--brokers` and `bootstrap.servers`.
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        self.inner.addr()
     }
 
     /// Starts the broker (again, on the same port and data) and waits until
-    /// it answers Kafka metadata requests (30 s at most).
+    /// it answers Kafka metadata requests (30 s at most); fails at once if
+    /// it exits meanwhile, leaving it stopped either way.
     pub async fn start(&mut self) -> Result<()> {
-        if self.child.is_some() {
-            bail!("broker {} is already running", self.name);
+        self.inner.spawn()?;
+        let addr = self.inner.addr();
+        let inner = &mut self.inner;
+        let ready =
+            kafka::wait_for_metadata_while(&addr, BROKER_TIMEOUT, || inner.check_alive()).await;
+        if ready.is_err() {
+            self.inner.stop();
         }
-        self.starts += 1;
-        // Each start gets its own log so a restart does not wipe the first.
-        let (log, path) = log_file(&format!("{}-tansu-{}", self.name, self.starts))?;
-        let url = format!("tcp://{}", self.addr());
-        let storage = match self.storage {
-            Storage::Memory => "memory://tansu/".to_owned(),
-            // Relative to the working directory, which is the data folder.
-            Storage::Sqlite => "sqlite://tansu.db".to_owned(),
-        };
-        let child = Command::new(tansu_bin()?)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", &storage])
-            .current_dir(self.data.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting tansu")?;
-        self.child = Some(child);
-        let addr: SocketAddr = self.addr().parse()?;
-        let result = wait_for(
-            "the broker to answer metadata",
-            Duration::from_secs(30),
-            || {
-                let brokers = self.addr();
-                let exited = self
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten());
-                let path = path.clone();
-                async move {
-                    if let Some(status) = exited {
-                        bail!("tansu exited at start ({status}); see {}", path.display());
-                    }
-                    if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-                        return Ok(None);
-                    }
-                    let ok = tokio::task::spawn_blocking(move || metadata_ok(&brokers)).await?;
-                    Ok(ok.then_some(()))
-                }
-            },
-        )
-        .await;
-        if result.is_err() {
-            self.stop();
-        }
-        result
+        let log = self.inner.log().unwrap_or_default();
+        ready.with_context(|| format!("starting tansu; see {}", log.display()))
     }
 
     /// Kills the broker (SIGKILL) and waits for it to exit. The data folder
     /// stays, so [`start`](Self::start) brings back the same topics with
     /// sqlite storage.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.stop();
     }
 
     /// Whether the broker process is alive.
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(child) => matches!(child.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.inner.is_running()
     }
 
-    /// Creates `topic` with `partitions` partitions through the tansu CLI.
+    /// Creates `topic` with `partitions` partitions through the tansu CLI
+    /// and waits (30 s at most) until the metadata shows them.
     pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
-        let output = tokio::process::Command::new(tansu_bin()?)
-            .args(["topic", "create", "--broker"])
-            .arg(format!("tcp://{}", self.addr()))
-            .args(["--partitions", &partitions.to_string(), topic])
-            .kill_on_drop(true)
-            .output();
-        let output = tokio::time::timeout(Duration::from_secs(30), output)
-            .await
-            .context("tansu topic create timed out")??;
-        if !output.status.success() {
-            bail!(
-                "tansu topic create {topic} failed ({}): {}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let brokers = self.addr();
-        let name = topic.to_owned();
-        wait_for(
-            "the new topic in the metadata",
-            Duration::from_secs(30),
-            || {
-                let brokers = brokers.clone();
-                let name = name.clone();
-                async move {
-                    let n = tokio::task::spawn_blocking(move || partition_count(&brokers, &name))
-                        .await??;
-                    Ok((n == partitions as usize).then_some(()))
-                }
-            },
-        )
-        .await
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.stop();
+        self.inner.create_topic(topic, partitions).await?;
+        kafka::wait_for_partitions(&self.addr(), topic, partitions, BROKER_TIMEOUT).await?;
+        Ok(())
     }
 }
 
@@ -490,42 +264,14 @@ pub fn unique_topic(test: &str) -> String {
     format!("{test}-{}", random_suffix())
 }
 
-fn metadata_ok(brokers: &str) -> bool {
-    let producer: Result<BaseProducer, _> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("reconnect.backoff.max.ms", "200")
-        .create();
-    match producer {
-        Ok(p) => p
-            .client()
-            .fetch_metadata(None, Duration::from_secs(2))
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
-fn partition_count(brokers: &str, topic: &str) -> Result<usize> {
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let md = producer
-        .client()
-        .fetch_metadata(Some(topic), Duration::from_secs(5))?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map(|t| t.partitions().len())
-        .unwrap_or(0))
-}
-
 // ---------------------------------------------------------------------------
 // Relay
 // ---------------------------------------------------------------------------
 
-/// A running `outbox-relay`. SIGKILLed when dropped.
+/// A running `outbox-relay`: its `ChildGuard` (kill, terminate, pause,
+/// resume, exit status, SIGKILL on drop) plus where its output goes.
 pub struct Relay {
-    child: Child,
+    child: ChildGuard,
     /// The file its stdout and stderr go to.
     pub log: PathBuf,
 }
@@ -540,56 +286,10 @@ impl Relay {
         brokers: &str,
         extra: &[&str],
     ) -> Result<Self> {
-        let (log, path) = log_file(log_name)?;
+        let log = log_path(log_name);
         let mut cmd = relay_command(database_url, brokers, extra);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting outbox-relay")?;
-        Ok(Relay { child, log: path })
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process is still alive.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Kills the relay with SIGKILL (no chance to clean up) and reaps it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Sends SIGTERM and waits up to `timeout` for the relay to exit,
-    /// returning its exit status. Kills it and fails if it does not exit.
-    pub async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "the relay had already exited ({status}) before SIGTERM; see {}",
-                self.log.display()
-            );
-        }
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .context("sending SIGTERM")?;
-        let result = wait_for("the relay to exit after SIGTERM", timeout, || {
-            let status = self.child.try_wait();
-            async move { Ok(status?) }
-        })
-        .await;
-        if result.is_err() {
-            self.kill();
-        }
-        result
+        let child = ChildGuard::spawn_logged("outbox-relay", &mut cmd, &log, LogMode::Truncate)?;
+        Ok(Relay { child, log })
     }
 
     /// The relay's output so far.
@@ -614,53 +314,19 @@ impl Relay {
         })
         .await
     }
+}
 
-    /// Stops the process (SIGSTOP), as a GC pause or a frozen VM would.
-    pub fn pause(&self) -> Result<()> {
-        signal(self.child.id(), nix::sys::signal::Signal::SIGSTOP)
-    }
+impl Deref for Relay {
+    type Target = ChildGuard;
 
-    /// Lets a paused process run again (SIGCONT).
-    pub fn resume(&self) -> Result<()> {
-        signal(self.child.id(), nix::sys::signal::Signal::SIGCONT)
-    }
-
-    /// Its exit status, if it exited.
-    pub fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+    fn deref(&self) -> &ChildGuard {
+        &self.child
     }
 }
 
-fn signal(pid: u32, sig: nix::sys::signal::Signal) -> Result<()> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
-        .with_context(|| format!("sending {sig} to {pid}"))
-}
-
-/// `GET http://ADDR/healthz`: the status code and the body.
-pub async fn get_healthz(addr: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await?;
-    conn.write_all(
-        format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response).await?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("not an HTTP response: {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill();
+impl DerefMut for Relay {
+    fn deref_mut(&mut self) -> &mut ChildGuard {
+        &mut self.child
     }
 }
 
@@ -728,9 +394,8 @@ pub async fn run_relay_to_exit(log_name: &str, args: &[&str], timeout: Duration)
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     };
-    let (_, path) = log_file(log_name)?;
     let _ = std::fs::write(
-        &path,
+        log_path(log_name),
         format!(
             "args: {args:?}\nstatus: {} after {:?}\n--- stdout\n{}\n--- stderr\n{}\n",
             exited.status,
@@ -811,11 +476,7 @@ pub struct TopicReader {
 impl TopicReader {
     /// A reader of `topic` (which must exist) on `brokers`.
     pub async fn new(brokers: &str, topic: &str) -> Result<Self> {
-        let partitions = {
-            let brokers = brokers.to_owned();
-            let topic = topic.to_owned();
-            tokio::task::spawn_blocking(move || partition_count(&brokers, &topic)).await??
-        };
+        let partitions = kafka::partition_count(brokers, topic).await?;
         if partitions == 0 {
             bail!("topic {topic} does not exist on {brokers}");
         }
