@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use crate::lease::ShardLeases;
 use crate::store::{PendingMessage, RelayStore};
 
-use super::pipeline::{Pipeline, Sent};
+use super::pipeline::Pipeline;
 
 /// Longest a relay draining a backlog goes without looking below its
 /// cursor.
@@ -67,7 +67,7 @@ impl Fetcher {
     }
 
     /// Forgets the batch fetched ahead.
-    pub fn discard_ahead(&mut self) {
+    fn discard_ahead(&mut self) {
         if let Some(ahead) = self.ahead.take() {
             ahead.task.abort();
         }
@@ -174,16 +174,37 @@ impl Fetcher {
         });
     }
 
-    /// Moves the cursor past a full batch just sent, never past a message
+    /// Moves the cursor past a full batch just sent (up to `last_seq`),
+    /// never past a message
     /// held back or refused in it (nor in any batch not yet settled,
     /// `limit`): nothing marks such a message as waiting, so only a fetch
     /// that sees it again keeps its key in order. A batch fetched ahead is
     /// kept only if nothing was held back.
-    pub fn advance(&mut self, sent: &Sent, limit: Option<i64>) {
-        let here = sent.lowest_unsent.map_or(sent.last_seq, |s| s - 1);
+    pub fn advance(&mut self, last_seq: i64, lowest_unsent: Option<i64>, limit: Option<i64>) {
+        let here = lowest_unsent.map_or(last_seq, |s| s - 1);
         self.cursor = limit.map_or(here, |limit| here.min(limit));
-        if sent.lowest_unsent.is_some() {
+        if lowest_unsent.is_some() {
             self.discard_ahead();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_never_passes_a_message_not_sent_nor_an_unsettled_limit() {
+        let mut f = Fetcher::new();
+        f.advance(100, None, None);
+        assert_eq!(f.cursor, 100, "past a full batch sent whole");
+        f.advance(200, Some(150), None);
+        assert_eq!(f.cursor, 149, "below the message held back");
+        f.advance(300, None, Some(120));
+        assert_eq!(f.cursor, 120, "below an unsettled batch's hold");
+        f.advance(400, Some(350), Some(360));
+        assert_eq!(f.cursor, 349);
+        f.restart();
+        assert_eq!(f.cursor, 0);
     }
 }

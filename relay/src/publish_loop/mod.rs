@@ -173,14 +173,14 @@ pub async fn run(
             continue;
         }
         let full = batch.len() == limit;
+        let last_seq = batch.last().map_or(0, |m| m.seq);
         if full {
             idle.busy(&store, leases).await;
-            let last_seq = batch.last().map_or(0, |m| m.seq);
             fetcher.fetch_ahead(&store, &shards, limit, last_seq, &pipe);
         }
-        let sent = pipe.send(publisher, batch, started).await;
+        let lowest_unsent = pipe.send(publisher, batch, started).await;
         if full {
-            fetcher.advance(&sent, pipe.cursor_limit());
+            fetcher.advance(last_seq, lowest_unsent, pipe.cursor_limit());
         }
     }
     pipe.drain(leases, &store, &settings, &shutdown).await;

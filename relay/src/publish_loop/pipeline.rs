@@ -52,14 +52,6 @@ pub(super) struct Settled {
     pub first_error: Option<String>,
 }
 
-/// A batch just handed to the producer, as the fetcher needs to know it.
-pub(super) struct Sent {
-    /// The batch's highest seq.
-    pub last_seq: i64,
-    /// Its lowest message held or refused at send time.
-    pub lowest_unsent: Option<i64>,
-}
-
 /// The batches in flight (oldest first) and those being marked.
 #[derive(Default)]
 pub(super) struct Pipeline {
@@ -144,7 +136,9 @@ impl Pipeline {
             .map(|lowest| lowest - 1)
     }
 
-    /// Hands `batch` to the producer and adds it to the flights.
+    /// Hands `batch` to the producer and adds it to the flights. Returns
+    /// its lowest message held or refused at send time, which the fetch
+    /// cursor must not pass.
     ///
     /// librdkafka's idempotent producer keeps each partition's records in
     /// the order they were handed to it, so a key (one topic, one
@@ -156,7 +150,7 @@ impl Pipeline {
         publisher: &Publisher,
         batch: Vec<PendingMessage>,
         started: Instant,
-    ) -> Sent {
+    ) -> Option<i64> {
         let sending = publisher.send_batch(&batch, &mut self.key_topics).await;
         let unsent: Vec<usize> = sending.unsent().collect();
         let lowest_unsent = unsent.first().map(|&i| batch[i].seq);
@@ -171,10 +165,6 @@ impl Pipeline {
             in_flight = self.flights.len() + 1,
             "batch sent"
         );
-        let sent = Sent {
-            last_seq: batch.last().map_or(0, |m| m.seq),
-            lowest_unsent,
-        };
         self.flights.push_back(Flight {
             sent: sending.sent(),
             batch,
@@ -184,7 +174,7 @@ impl Pipeline {
             reports: tokio::spawn(sending.outcomes()),
             answer: None,
         });
-        sent
+        lowest_unsent
     }
 
     /// Waits for the oldest batch's answer, then hands its results to a
