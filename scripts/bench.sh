@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
+ensure_build_deps
 ensure_postgres
 ensure_tansu
 log "building outbox-relay and outbox-bench (release)"

@@ -22,6 +22,7 @@ source scripts/services.sh
 
 # The harness runs its own PostgreSQL cluster (it restarts it), from the
 # PostgreSQL 15 binaries; the shared server on 5432 is not used.
+ensure_build_deps
 ensure_tansu
 log "building outbox-relay and outbox-chaos (debug, as the tests)"
 # The whole workspace's binaries, so dependencies are built with the same

@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
+ensure_build_deps
 ensure_postgres
 ensure_tansu
 log "building the services, the relay and the demo runner"

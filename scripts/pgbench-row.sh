@@ -17,7 +17,7 @@ url_base=${OUTBOX_TEST_DATABASE_URL%/*}
 url="$url_base/$db"
 psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>&1 | grep -v NOTICE || true
 trap 'psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db"' EXIT
-psql "$url" -q -v ON_ERROR_STOP=1 -c "CREATE SCHEMA outbox" $(printf -- '-f %s ' migrations/*.sql)
+psql "$url" -q -v ON_ERROR_STOP=1 -c "CREATE SCHEMA outbox" $(printf -- '-f %s ' outbox/migrations/*.sql)
 psql "$url" -q -v ON_ERROR_STOP=1 \
   -c "CREATE TABLE bench_order (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer bigint NOT NULL, sku text NOT NULL, qty int NOT NULL, created_at timestamptz NOT NULL DEFAULT now())" \
   -c "CREATE TABLE bench_plain (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, msg_key bytea, payload bytea, created_at timestamptz NOT NULL DEFAULT now())" \

@@ -40,6 +40,25 @@ ensure_mariadb() {
   mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1 || { echo "MariaDB is not reachable on 127.0.0.1:3306" >&2; return 1; }
 }
 
+# What the build needs beyond Rust and a C compiler: OpenSSL's headers and
+# pkg-config (librdkafka's TLS and SASL link the system OpenSSL). Installed
+# with apt on Debian or Ubuntu when missing; elsewhere, one line on what to
+# install.
+ensure_build_deps() {
+  if pkg-config --exists openssl 2>/dev/null; then
+    return 0
+  fi
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    log "installing OpenSSL headers and pkg-config (libssl-dev pkg-config) with apt-get"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq libssl-dev pkg-config >/dev/null
+    return 0
+  fi
+  echo "the build needs OpenSSL's development files and pkg-config (e.g. libssl-dev and pkg-config, or openssl-devel and pkgconf)" >&2
+  return 1
+}
+
 # The pinned tansu, built once into a cache folder (about 10 minutes).
 ensure_tansu() {
   if [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then

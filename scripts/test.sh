@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 
+ensure_build_deps
 ensure_postgres
 ensure_mariadb
 ensure_tansu

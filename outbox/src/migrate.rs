@@ -3,13 +3,13 @@ use sqlx::{Connection, PgPool};
 
 use crate::error::{Error, Result};
 
-/// The outbox schema's migrations, embedded from the workspace's
+/// The outbox schema's migrations, embedded from the crate's
 /// `migrations/` folder. Their history is kept in
 /// `outbox._sqlx_migrations`, apart from the application's own. Private:
 /// run directly it would record its history in `public._sqlx_migrations`
 /// and hold sqlx's migration lock against the application's own
 /// migrations; [`migrate`] sets the search path first.
-static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// Creates or upgrades the `outbox` schema. Safe to call from every
 /// instance at start-up: concurrent callers wait on sqlx's migration lock

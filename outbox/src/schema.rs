@@ -76,7 +76,7 @@ mod tests {
 
     /// The migrations, oldest first.
     fn migrations() -> Vec<String> {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .expect("the migrations folder")
             .map(|e| e.expect("a migration").path())

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use outbox_relay::RetryPolicy;
 use outbox_relay::{Error, RelayConfig, Wakeup};
 use serde::Deserialize;
@@ -80,7 +80,9 @@ pub struct Settings {
     pub config: Option<PathBuf>,
 
     /// PostgreSQL URL of the database with the outbox schema. Required.
-    #[arg(long, global = true, env = "DATABASE_URL")]
+    /// TLS: add sslmode=require, verify-ca or verify-full, with
+    /// sslrootcert=CA-FILE (and sslcert/sslkey for client certificates).
+    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// Kafka bootstrap servers, comma-separated. [default: localhost:9092]
@@ -89,17 +91,27 @@ pub struct Settings {
 
     /// A librdkafka producer setting KEY=VALUE, applied over the relay's
     /// defaults (enable.idempotence=true, acks=all, message.timeout.ms=0 (never),
-    /// linger.ms=1, partitioner=murmur2_random). Repeatable; in the env,
-    /// comma-separated; in the file, a [kafka] table.
+    /// linger.ms=1, partitioner=murmur2_random). Repeatable; the value is
+    /// taken whole, commas included (debug=broker,topic). In the file, a
+    /// [kafka] table. In the environment, OUTBOX_KAFKA holds several,
+    /// separated by commas: a comma starts a new setting only when KEY=
+    /// follows it, and `\,` is a literal comma. Secret values
+    /// (sasl.password, ssl.key.password, ...) are never logged.
     #[arg(
         long = "kafka",
         global = true,
         env = "OUTBOX_KAFKA",
-        value_delimiter = ',',
+        hide_env_values = true,
         value_name = "KEY=VALUE"
     )]
     #[serde(skip)]
     pub kafka_args: Vec<String>,
+
+    /// Whether `kafka_args` came from `OUTBOX_KAFKA` (one value, to be
+    /// split) rather than from flags (each taken whole).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub kafka_from_env: bool,
 
     #[arg(skip)]
     #[serde(default, rename = "kafka")]
@@ -201,6 +213,59 @@ pub struct Settings {
     pub stall_timeout: Option<Duration>,
 }
 
+/// Splits `OUTBOX_KAFKA` into KEY=VALUE settings: at a comma followed by
+/// `KEY=` (so a value may hold commas, as in `debug=broker,topic`), with
+/// `\,` as a literal comma.
+fn split_env_kafka(text: &str) -> Vec<String> {
+    let mut settings = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, ch)) = chars.next() {
+        match ch {
+            '\\' if chars.peek().map(|&(_, c)| c) == Some(',') => {
+                current.push(',');
+                chars.next();
+            }
+            ',' if starts_setting(&text[i + 1..]) => {
+                settings.push(std::mem::take(&mut current));
+            }
+            other => current.push(other),
+        }
+    }
+    settings.push(current);
+    settings
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Whether `rest` begins with a librdkafka key and `=`.
+fn starts_setting(rest: &str) -> bool {
+    let rest = rest.trim_start();
+    match rest.find('=') {
+        Some(end) if end > 0 => rest[..end]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+        _ => false,
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments and environment, exiting with
+    /// clap's message (status 2) when they cannot be parsed.
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command().get_matches();
+        let mut cli = match Cli::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
+        cli.settings.kafka_from_env =
+            matches.value_source("kafka_args") == Some(clap::parser::ValueSource::EnvVariable);
+        cli
+    }
+}
+
 impl Settings {
     /// Reads the config file, if one was named.
     fn file(&self) -> Result<Settings, Error> {
@@ -267,10 +332,23 @@ impl Settings {
             };
             c.kafka.push((k, v));
         }
-        for kv in self.kafka_args {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| Error::config("kafka", format!("{kv:?} is not KEY=VALUE")))?;
+        let args = if self.kafka_from_env {
+            self.kafka_args
+                .iter()
+                .flat_map(|v| split_env_kafka(v))
+                .collect()
+        } else {
+            self.kafka_args
+        };
+        for kv in args {
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                let shown = if outbox_relay::is_secret_setting(&kv) {
+                    "a setting (hidden: it may hold a secret)".to_owned()
+                } else {
+                    format!("{kv:?}")
+                };
+                Error::config("kafka", format!("{shown} is not KEY=VALUE"))
+            })?;
             c.kafka.push((k.trim().to_owned(), v.trim().to_owned()));
         }
         Ok(c)
@@ -280,7 +358,6 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
@@ -321,6 +398,27 @@ mod tests {
                 ("acks".into(), "1".into())
             ]
         );
+    }
+
+    #[test]
+    fn kafka_values_keep_their_commas() {
+        let cli = Cli::try_parse_from([
+            "outbox-relay",
+            "--kafka",
+            "debug=broker,topic",
+            "--kafka",
+            "sasl.mechanism=SCRAM-SHA-512",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.settings.kafka_args,
+            vec!["debug=broker,topic", "sasl.mechanism=SCRAM-SHA-512"]
+        );
+        assert_eq!(
+            split_env_kafka("debug=broker,topic, linger.ms=5,sasl.password=a\\,b=c"),
+            vec!["debug=broker,topic", "linger.ms=5", "sasl.password=a,b=c"]
+        );
+        assert_eq!(split_env_kafka(""), Vec::<String>::new());
     }
 
     #[test]

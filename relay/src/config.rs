@@ -69,8 +69,9 @@ pub enum Wakeup {
 
 /// Everything the relay needs to run. Build it with
 /// [`RelayConfig::new`] (all defaults) and check it with
-/// [`RelayConfig::validate`].
-#[derive(Debug, Clone)]
+/// [`RelayConfig::validate`]. Its `Debug` output hides the database
+/// password and secret librdkafka values.
+#[derive(Clone)]
 pub struct RelayConfig {
     /// PostgreSQL URL of the database holding the outbox schema.
     pub database_url: String,
@@ -113,6 +114,40 @@ pub struct RelayConfig {
     /// How long the relay may go without an acknowledgement while
     /// messages wait before it gives its shards back and exits non-zero.
     pub stall_timeout: Duration,
+}
+
+impl std::fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kafka: Vec<(&str, &str)> = self
+            .kafka
+            .iter()
+            .map(|(k, v)| (k.as_str(), crate::secrets::shown(k, v)))
+            .collect();
+        f.debug_struct("RelayConfig")
+            .field(
+                "database_url",
+                &crate::secrets::redact_url(&self.database_url),
+            )
+            .field("brokers", &self.brokers)
+            .field("kafka", &kafka)
+            .field("batch_size", &self.batch_size)
+            .field("in_flight", &self.in_flight)
+            .field("poll_interval", &self.poll_interval)
+            .field("wakeup", &self.wakeup)
+            .field("lease", &self.lease)
+            .field("retry", &self.retry)
+            .field("max_resends", &self.max_resends)
+            .field("sweep_schedule", &self.sweep_schedule)
+            .field("retention", &self.retention)
+            .field("inbox_retention", &self.inbox_retention)
+            .field("cleanup_batch", &self.cleanup_batch)
+            .field("http_listen", &self.http_listen)
+            .field("migrate", &self.migrate)
+            .field("name", &self.name)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("stall_timeout", &self.stall_timeout)
+            .finish()
+    }
 }
 
 impl RelayConfig {
@@ -365,6 +400,18 @@ mod tests {
         c.lease = Duration::from_secs(6);
         c.validate().unwrap();
         assert_eq!(c.lease_margin().unwrap(), Duration::from_secs(3));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = RelayConfig::new("postgres://app:db-secret@h/db");
+        c.kafka
+            .push(("sasl.password".into(), "kafka-secret".into()));
+        c.kafka.push(("sasl.username".into(), "relay".into()));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("db-secret"), "{shown}");
+        assert!(!shown.contains("kafka-secret"), "{shown}");
+        assert!(shown.contains("relay"), "{shown}");
     }
 
     #[test]

@@ -14,16 +14,27 @@ pub enum Error {
         reason: String,
     },
 
-    /// The database could not be reached at start.
-    #[error("cannot reach the database at {url} within {timeout}: {source}. Check --database-url / DATABASE_URL and that PostgreSQL is running")]
+    /// The database could not be reached at start within the connect
+    /// timeout (nothing listening, host unknown, server starting).
+    #[error("cannot reach the database at {url} within {timeout}: {reason}. Check --database-url / DATABASE_URL")]
     DatabaseUnreachable {
         /// The URL with any password hidden.
         url: String,
         /// How long the relay kept trying.
         timeout: String,
-        /// The last connection error.
-        #[source]
-        source: sqlx::Error,
+        /// The last attempt's failure.
+        reason: String,
+    },
+
+    /// The database answered and refused the relay for a reason retrying
+    /// cannot fix: wrong password, no such role or database, TLS required
+    /// or refused, certificate not accepted.
+    #[error("the database at {url} refused the connection: {reason}")]
+    DatabaseRefused {
+        /// The URL with any password hidden.
+        url: String,
+        /// PostgreSQL's or the TLS library's reason, and what to change.
+        reason: String,
     },
 
     /// The outbox library failed (schema missing or old, migration failed).
@@ -36,7 +47,12 @@ pub enum Error {
 
     /// The Kafka producer could not be created from the given settings.
     #[error("cannot create the Kafka producer: {0}. Check --brokers and the --kafka settings")]
-    Producer(#[source] rdkafka::error::KafkaError),
+    Producer(String),
+
+    /// The broker refused the relay at start for a reason retrying cannot
+    /// fix: its TLS certificate was not accepted, TLS or SASL failed.
+    #[error("the Kafka broker refused the connection: {0}")]
+    BrokerRefused(String),
 
     /// The idempotent producer hit a fatal error and cannot go on; restart
     /// the relay (unmarked messages are published again).

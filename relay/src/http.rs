@@ -11,6 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rdkafka::producer::{FutureProducer, Producer};
+
+use crate::broker_events::BrokerEvents;
 use rdkafka::util::Timeout;
 use tokio::net::TcpListener;
 
@@ -61,7 +63,7 @@ pub fn set_backlog_gauges(b: &Backlog) {
 #[derive(Clone)]
 struct AppState {
     store: RelayStore,
-    producer: FutureProducer,
+    producer: FutureProducer<BrokerEvents>,
     health: Health,
     /// `None` when the host application exports the metrics itself.
     metrics: Option<PrometheusHandle>,
@@ -72,7 +74,7 @@ struct AppState {
 pub async fn serve(
     addr: SocketAddr,
     store: RelayStore,
-    producer: FutureProducer,
+    producer: FutureProducer<BrokerEvents>,
     health: Health,
     metrics: Option<PrometheusHandle>,
     mut shutdown: Shutdown,

@@ -29,7 +29,9 @@
 //! unmarked messages are published again by the next relay that holds
 //! their keys.
 
+mod broker_events;
 mod config;
+mod connect;
 mod error;
 mod health;
 mod http;
@@ -38,6 +40,7 @@ pub mod metrics;
 mod publish;
 mod publish_loop;
 mod retry;
+mod secrets;
 mod shutdown;
 mod store;
 mod sweep;
@@ -50,9 +53,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 
+use crate::connect::connect;
 use crate::publish::Publisher;
 use crate::store::RelayStore;
 use crate::sweep::SweepSettings;
@@ -66,86 +68,15 @@ pub use config::{
 pub use error::{Error, Result};
 pub use http::install_recorder;
 pub use retry::{RetryPolicy, DEFAULT_BASE_DELAY, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_DELAY};
+pub use secrets::is_secret_setting;
 pub use shutdown::signal;
+
+/// Longest the start-up waits for the broker's first answer; a broker
+/// that is merely down is waited for while running instead.
+const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping relay waits for librdkafka to settle what it holds.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Connects to the database, retrying until `config.connect_timeout`.
-///
-/// Fails with [`Error::DatabaseUnreachable`], naming the URL without its
-/// password.
-async fn connect(config: &RelayConfig) -> Result<PgPool> {
-    let unreachable = |source| Error::DatabaseUnreachable {
-        url: redact(&config.database_url),
-        timeout: humantime::format_duration(config.connect_timeout).to_string(),
-        source,
-    };
-    let options: PgConnectOptions = config.database_url.parse().map_err(|e: sqlx::Error| {
-        Error::config(
-            "database-url",
-            format!(
-                "{} is not a valid PostgreSQL URL: {e}",
-                redact(&config.database_url)
-            ),
-        )
-    })?;
-    // The relay's statements are written to walk indexes in seq order and
-    // stop at LIMIT. Right after a bulk load the table has no statistics
-    // yet, and the planner would rather bitmap-scan and sort the whole
-    // backlog (seconds per batch on a million rows), or read the whole
-    // table to find the few delayed messages (it cannot estimate
-    // `available_at > created_at`); these settings only make such plans a
-    // last resort for the relay's own connections. A plan that has to use
-    // one anyway (the small lease tables have no index to use) then costs
-    // above jit_above_cost, and compiling it took 20-70 ms per statement:
-    // JIT never pays for the relay's short statements, so it is off.
-    let options = options.application_name("outbox-relay").options([
-        ("enable_bitmapscan", "off"),
-        ("enable_sort", "off"),
-        ("enable_seqscan", "off"),
-        ("jit", "off"),
-    ]);
-    let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let mut wait = Duration::from_millis(200);
-    loop {
-        // The loop's fetch and prefetch, up to four batches being marked,
-        // the LISTEN connection, the sweeper and /healthz.
-        let pool = PgPoolOptions::new()
-            .max_connections(9)
-            .acquire_timeout(config.connect_timeout.max(Duration::from_secs(1)))
-            .connect_with(options.clone())
-            .await;
-        match pool {
-            Ok(pool) => return Ok(pool),
-            Err(e) if tokio::time::Instant::now() + wait < deadline => {
-                tracing::warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
-            }
-            Err(e) => return Err(unreachable(e)),
-        }
-    }
-}
-
-/// Hides the password of a database URL.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme + 3],
-                    &userinfo[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
 
 /// A relay, configured and ready to run. See the crate documentation.
 #[derive(Debug)]
@@ -176,8 +107,12 @@ impl Relay {
     /// flight, gives its shards back and returns `Ok(())`.
     ///
     /// Fails at start with a clear [`Error`] when the configuration is
-    /// invalid, the database is unreachable, or the schema is missing or
-    /// too old (unless `config.migrate`). Once running, database and
+    /// invalid, the database refused the relay ([`Error::DatabaseRefused`]:
+    /// password, role, database, TLS) or stayed unreachable for
+    /// `config.connect_timeout`, the schema is missing or too old (unless
+    /// `config.migrate`), or the broker refused TLS or SASL
+    /// ([`Error::BrokerRefused`]). A broker that is merely down is waited
+    /// for. Once running, database and
     /// broker outages are logged and retried. It gives its shards back and
     /// returns [`Error::Stalled`] when nothing was acknowledged for
     /// `config.stall_timeout` while messages waited, and
@@ -230,8 +165,12 @@ async fn run(
     let schema = outbox::check_schema(&pool).await?;
     let store = RelayStore::new(pool.clone());
     let publisher = Publisher::new(&config)?;
+    publisher
+        .check_broker(config.connect_timeout.min(BROKER_CHECK_TIMEOUT))
+        .await?;
 
     let (trigger, shutdown) = shutdown::channel();
+    let outage_watch = publisher.watch_outages(shutdown.clone());
     let health = health::Health::default();
     let http_addr = http::serve(
         config.http_listen,
@@ -315,6 +254,7 @@ async fn run(
     }
     trigger.trigger();
     leases.release().await;
+    let _ = outage_watch.await;
     publisher.flush(FLUSH_TIMEOUT);
     let _ = scheduler.shutdown().await;
     pool.close().await;
@@ -326,17 +266,4 @@ async fn run(
     }
     tracing::info!("relay stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(super::redact("postgres://h/db"), "postgres://h/db");
-    }
 }

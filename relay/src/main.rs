@@ -4,12 +4,11 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,tokio_cron_scheduler=warn,sqlx::postgres::notice=warn")
     });

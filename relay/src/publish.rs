@@ -13,8 +13,22 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use crate::broker_events::BrokerEvents;
 use crate::config::{RelayConfig, DEFAULT_MESSAGE_TIMEOUT};
 use crate::error::{Error, Result};
+
+/// librdkafka's complaint about a setting, with the value left out when
+/// the setting is a secret (librdkafka quotes the value it refused).
+fn producer_error(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, value)
+            if crate::secrets::is_secret_key(key) =>
+        {
+            crate::secrets::redact_value(description, value)
+        }
+        other => other.to_string(),
+    }
+}
 
 /// What became of one message of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,7 +60,8 @@ pub enum Outcome {
 /// broker acknowledged is on every in-sync replica and client retries
 /// neither duplicate nor reorder within a partition.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<BrokerEvents>,
+    events: BrokerEvents,
 }
 
 impl Publisher {
@@ -77,8 +92,80 @@ impl Publisher {
         for (k, v) in &config.kafka {
             client.set(k, v);
         }
-        let producer: FutureProducer = client.create().map_err(Error::Producer)?;
-        Ok(Publisher { producer })
+        let events = BrokerEvents::default();
+        let producer: FutureProducer<BrokerEvents> = client
+            .create_with_context(events.clone())
+            .map_err(|e| Error::Producer(producer_error(&e)))?;
+        Ok(Publisher { producer, events })
+    }
+
+    /// Asks the broker for metadata once, at start, and waits until it
+    /// answers, librdkafka reports an error, or `timeout` passes.
+    ///
+    /// Fails with [`Error::BrokerRefused`] when the error is a TLS or SASL
+    /// refusal (certificate not accepted, wrong password), which no retry
+    /// fixes. A broker that is merely down is logged and waited for while
+    /// running, as always.
+    pub async fn check_broker(&self, timeout: Duration) -> Result<()> {
+        let producer = self.producer.clone();
+        let mut metadata = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Timeout::After(timeout))
+                .map(|_| ())
+        });
+        let answered = tokio::select! {
+            done = &mut metadata => matches!(done, Ok(Ok(()))),
+            _ = self.events.next_error() => {
+                // The error that woke us may be the handshake's first;
+                // give a refusal a moment to be told apart from a
+                // transport error.
+                let _ = tokio::time::timeout(Duration::from_millis(500), &mut metadata).await;
+                false
+            }
+        };
+        if let Some(reason) = self.events.refused() {
+            return Err(Error::BrokerRefused(reason));
+        }
+        if answered {
+            tracing::info!("Kafka broker reachable");
+        }
+        Ok(())
+    }
+
+    /// Logs the end of a broker outage within about a second of it, even
+    /// when nothing is being published, by asking for metadata while one
+    /// is open. Ends when `shutdown` fires.
+    pub fn watch_outages(
+        &self,
+        shutdown: crate::shutdown::Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        let producer = self.producer.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut shutdown = shutdown;
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                if !events.in_outage() {
+                    continue;
+                }
+                let probe = producer.clone();
+                let answered = tokio::task::spawn_blocking(move || {
+                    probe
+                        .client()
+                        .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
+                        .is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                if answered {
+                    events.reachable();
+                }
+            }
+        })
     }
 
     /// Hands every message of `batch` to librdkafka, in order, without
@@ -194,7 +281,7 @@ impl Publisher {
     }
 
     /// A clone of the underlying producer, for health checks.
-    pub fn producer(&self) -> FutureProducer {
+    pub fn producer(&self) -> FutureProducer<BrokerEvents> {
         self.producer.clone()
     }
 }

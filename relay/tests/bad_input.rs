@@ -293,7 +293,7 @@ async fn relay_exits_on_bad_settings_naming_them() -> Result<()> {
 /// The version of the newest migration the workspace ships (the number
 /// its file name starts with).
 fn newest_migration() -> Result<i64> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../outbox/migrations");
     let mut newest = 0;
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name().to_string_lossy().into_owned();

@@ -207,3 +207,63 @@ async fn relay_rides_out_a_broker_restart_mid_stream() -> Result<()> {
     common::report_duplicates("broker_down (restart)", &reader.records)?;
     Ok(())
 }
+
+/// With the broker down, the relay says so once, not once per librdkafka
+/// retry (it printed 266 lines in 18 s before, each librdkafka error
+/// twice), and says when the broker is back.
+#[tokio::test]
+async fn an_outage_is_logged_once_and_its_end_too() -> Result<()> {
+    let db = TestDb::new().await?;
+    let topic = common::unique_topic("quiet-outage");
+    let mut broker = Broker::start_new("broker_down-quiet", Storage::Sqlite).await?;
+    broker.create_topic(&topic, 3).await?;
+    broker.stop();
+
+    // What an operator sees: the default log level.
+    let mut cmd = common::relay_command(&db.url, &broker.addr(), &relay_args());
+    cmd.env("RUST_LOG", "info");
+    let mut relay = common::Relay::spawn_command("broker_down-quiet-relay", &mut cmd)?;
+    relay.http_addr().await?;
+    db.enqueue_numbered(&topic, 50, 5).await?;
+    // Long enough for librdkafka to retry its connection many times, short
+    // of the first summary (every 30 s) and of the stall warning.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = relay.output();
+    let outage_lines: Vec<&str> = during
+        .lines()
+        .skip_while(|l| !l.contains("relay started"))
+        .skip(1)
+        .collect();
+    assert!(
+        outage_lines.len() <= 4,
+        "{} lines in 20 s of outage:\n{}",
+        outage_lines.len(),
+        outage_lines.join("\n")
+    );
+    // Told once, before or after the start-up line.
+    let told = during
+        .lines()
+        .filter(|l| l.contains("Kafka broker unreachable"))
+        .count();
+    assert_eq!(told, 1, "the outage should be told once:\n{during}");
+
+    broker.start().await?;
+    db.wait_all_published(50, Duration::from_secs(60)).await?;
+    common::wait_for(
+        "the relay to log the broker's return",
+        Duration::from_secs(15),
+        || async {
+            Ok(relay
+                .output()
+                .contains("Kafka broker reachable again")
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert!(
+        relay.is_running(),
+        "the relay exited; see {}",
+        relay.log.display()
+    );
+    Ok(())
+}

@@ -9,7 +9,8 @@ use crate::{free_port, random_suffix, wait_for, ChildGuard, Error, LogMode, Resu
 /// How long [`Broker::start`] waits for the port by default.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long [`Broker::create_topic`] lets `tansu topic create` run.
+/// How long [`Broker::create_topic`] lets `tansu topic create` run (and
+/// [`Broker::create_scram_user`] `tansu user create`).
 pub const CREATE_TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the tansu binary is: `TANSU_BIN` if set, else `tansu` on `PATH`,
@@ -80,6 +81,8 @@ pub struct Broker {
     logs: Logs,
     env_remove: Vec<String>,
     start_timeout: Duration,
+    advertised: Option<String>,
+    authentication: bool,
     child: Option<ChildGuard>,
     starts: u32,
 }
@@ -94,6 +97,8 @@ pub struct BrokerBuilder {
     logs: Logs,
     env_remove: Vec<String>,
     start_timeout: Duration,
+    advertised: Option<String>,
+    authentication: bool,
 }
 
 impl BrokerBuilder {
@@ -154,6 +159,29 @@ impl BrokerBuilder {
         self
     }
 
+    /// The address (`host:port`) the broker advertises in its metadata,
+    /// which is where clients go after bootstrapping: say, a TLS proxy in
+    /// front of it (`outbox_testkit::tls::TlsProxy`, feature `tls`).
+    /// Default: its own [`addr`](Broker::addr). It still listens on its
+    /// own port. See also [`Broker::set_advertised_listener`].
+    pub fn advertised_listener(mut self, addr: impl Into<String>) -> Self {
+        self.advertised = Some(addr.into());
+        self
+    }
+
+    /// Starts tansu with `--authentication`: every request but
+    /// `ApiVersions`, `SaslHandshake` and `SaslAuthenticate` needs a SASL
+    /// login first: SCRAM-SHA-256 or SCRAM-SHA-512, checked against the
+    /// users of [`Broker::create_scram_user`] (tansu 0.6.0 is built without
+    /// PLAIN and refuses OAUTHBEARER logins). The tansu CLI cannot log in,
+    /// so create topics and users
+    /// before switching it on ([`Broker::set_authentication`], then
+    /// [`Broker::restart`] with [`Storage::Sqlite`]). Default: off.
+    pub fn authentication(mut self, on: bool) -> Self {
+        self.authentication = on;
+        self
+    }
+
     /// Picks the port ([`free_port`]) and creates the data folder; does
     /// not start the broker. Fails with [`Error::Io`].
     pub fn build(self) -> Result<Broker> {
@@ -175,6 +203,8 @@ impl BrokerBuilder {
             logs: self.logs,
             env_remove: self.env_remove,
             start_timeout: self.start_timeout,
+            advertised: self.advertised,
+            authentication: self.authentication,
             child: None,
             starts: 0,
         })
@@ -202,6 +232,8 @@ impl Broker {
             },
             env_remove: Vec::new(),
             start_timeout: DEFAULT_START_TIMEOUT,
+            advertised: None,
+            authentication: false,
         }
     }
 
@@ -218,6 +250,27 @@ impl Broker {
     /// The broker's port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// What the broker advertises in its metadata (`host:port`): the
+    /// [`BrokerBuilder::advertised_listener`] if one was set, else
+    /// [`addr`](Self::addr).
+    pub fn advertised_addr(&self) -> String {
+        self.advertised.clone().unwrap_or_else(|| self.addr())
+    }
+
+    /// Sets (or with `None` clears) the address advertised from the next
+    /// start on, for when it is known only after [`BrokerBuilder::build`]
+    /// picked the port: a proxy in front of the broker needs the broker's
+    /// address first. See [`BrokerBuilder::advertised_listener`].
+    pub fn set_advertised_listener(&mut self, addr: Option<String>) {
+        self.advertised = addr;
+    }
+
+    /// Switches [`BrokerBuilder::authentication`] on or off from the next
+    /// start on.
+    pub fn set_authentication(&mut self, on: bool) {
+        self.authentication = on;
     }
 
     /// The process id while the broker runs (to pause it, say).
@@ -248,6 +301,7 @@ impl Broker {
         self.stop();
         self.starts += 1;
         let url = format!("tcp://{}", self.addr());
+        let advertised = format!("tcp://{}", self.advertised_addr());
         let storage = match self.storage {
             Storage::Memory => "memory://tansu/",
             // Relative to the working directory, which is the data folder.
@@ -255,9 +309,13 @@ impl Broker {
         };
         let mut cmd = Command::new(&self.bin);
         cmd.arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", storage])
             .current_dir(&self.data);
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
         for key in &self.env_remove {
             cmd.env_remove(key);
         }
@@ -346,33 +404,113 @@ impl Broker {
     /// [`Error::Io`]. Not safe to retry blindly: a second call for a topic
     /// that now exists fails.
     pub async fn create_topic(&self, topic: &str, partitions: u32) -> Result<()> {
+        let partitions = partitions.to_string();
+        let args = ["topic", "create", "--partitions", &partitions, topic];
+        match self
+            .cli(&args, &format!("tansu topic create {topic}"))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err((status, output)) => Err(Error::CreateTopic {
+                topic: topic.to_owned(),
+                status,
+                output,
+            }),
+        }
+    }
+
+    /// Stores SCRAM credentials for `user` with `password` through
+    /// `tansu user create` (`AlterUserScramCredentials`), for a broker
+    /// started with [`BrokerBuilder::authentication`] to check logins
+    /// against. The broker must run without authentication meanwhile.
+    /// Fails with [`Error::Io`] (with the CLI's output) or
+    /// [`Error::Timeout`]. Safe to repeat: the credentials are replaced.
+    pub async fn create_scram_user(
+        &self,
+        user: &str,
+        password: &str,
+        mechanism: Scram,
+    ) -> Result<()> {
+        let args = [
+            "user",
+            "create",
+            "--mechanism",
+            mechanism.cli_name(),
+            user,
+            password,
+        ];
+        let what = format!("tansu user create {user}");
+        match self.cli(&args, &what).await? {
+            Ok(()) => Ok(()),
+            Err((status, output)) => Err(Error::Io {
+                what,
+                source: std::io::Error::other(format!("{status}: {output}")),
+            }),
+        }
+    }
+
+    /// Runs `tansu ARGS[0] ARGS[1] --broker tcp://ADDR ARGS[2..]` for
+    /// [`CREATE_TOPIC_TIMEOUT`] at most: `Ok(Err(status, output))` when it
+    /// ran and failed.
+    async fn cli(
+        &self,
+        args: &[&str],
+        what: &str,
+    ) -> Result<Result<(), (std::process::ExitStatus, String)>> {
+        let (command, rest) = args.split_at(2.min(args.len()));
         let output = tokio::process::Command::new(&self.bin)
-            .args(["topic", "create", "--broker"])
+            .args(command)
+            .arg("--broker")
             .arg(format!("tcp://{}", self.addr()))
-            .args(["--partitions", &partitions.to_string(), topic])
+            .args(rest)
             .current_dir(&self.data)
             .kill_on_drop(true)
             .output();
         let output = tokio::time::timeout(CREATE_TOPIC_TIMEOUT, output)
             .await
             .map_err(|_| Error::Timeout {
-                what: format!("tansu topic create {topic}"),
+                what: what.to_owned(),
                 after: CREATE_TOPIC_TIMEOUT,
                 log: None,
             })?
             .map_err(Error::io(format!("running {}", self.bin.display())))?;
-        if !output.status.success() {
-            return Err(Error::CreateTopic {
-                topic: topic.to_owned(),
-                status: output.status,
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ),
-            });
+        if output.status.success() {
+            return Ok(Ok(()));
         }
-        Ok(())
+        Ok(Err((
+            output.status,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )))
+    }
+}
+
+/// A SCRAM mechanism for [`Broker::create_scram_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scram {
+    /// `SCRAM-SHA-256`.
+    Sha256,
+    /// `SCRAM-SHA-512`.
+    Sha512,
+}
+
+impl Scram {
+    /// The `sasl.mechanism` value librdkafka knows it by.
+    pub fn sasl_mechanism(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "SCRAM-SHA-256",
+            Scram::Sha512 => "SCRAM-SHA-512",
+        }
+    }
+
+    fn cli_name(self) -> &'static str {
+        match self {
+            Scram::Sha256 => "scram256",
+            Scram::Sha512 => "scram512",
+        }
     }
 }
 

@@ -115,6 +115,28 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// A PostgreSQL cluster of its own ([`PgCluster`](crate::PgCluster))
+    /// could not be made or started: PostgreSQL's programs are missing,
+    /// `initdb` failed, or the server exited (the detail holds its output
+    /// or the end of its log).
+    #[cfg(feature = "pg-cluster")]
+    #[error("{what}: {detail}")]
+    PgCluster {
+        /// What was being done.
+        what: String,
+        /// The program's output, or why it could not run.
+        detail: String,
+    },
+    /// A set-up statement (`CREATE ROLE`, `ALTER SYSTEM`, …) failed.
+    #[cfg(feature = "pg-cluster")]
+    #[error("{what}: {source}")]
+    Statement {
+        /// The statement, without any password in it.
+        what: String,
+        /// What the server reported.
+        #[source]
+        source: sqlx::Error,
+    },
     /// An HTTP peer answered something that is not an HTTP response.
     #[error("not an HTTP response from {addr}: {response:?}")]
     Http {

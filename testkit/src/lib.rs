@@ -11,6 +11,11 @@
 //!   small waits and probes around them.
 //! - `kafka` (feature `kafka`): wait until a broker answers Kafka
 //!   metadata requests, or a topic shows its partitions.
+//! - `PgCluster` (feature `pg-cluster`): a PostgreSQL server of its own
+//!   (`initdb` in a temp folder, a free port), with TLS from given
+//!   certificates and a `pg_hba.conf` that requires TLS or a client
+//!   certificate; TLS switched on and off; stopped and deleted when
+//!   dropped.
 //!
 //! Everything fails with this crate's [`Error`], which converts into
 //! `anyhow::Error` with `?`.
@@ -33,14 +38,22 @@ mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod net;
+#[cfg(feature = "pg-cluster")]
+mod pg_cluster;
 mod scratch;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod wait;
 
 pub use broker::{
-    tansu_bin, Broker, BrokerBuilder, Storage, CREATE_TOPIC_TIMEOUT, DEFAULT_START_TIMEOUT,
+    tansu_bin, Broker, BrokerBuilder, Scram, Storage, CREATE_TOPIC_TIMEOUT, DEFAULT_START_TIMEOUT,
 };
 pub use child::{ChildGuard, LogMode};
 pub use error::{Error, Result};
 pub use net::{free_port, http_get, http_request, wait_for_port, HTTP_TIMEOUT};
+#[cfg(feature = "pg-cluster")]
+pub use pg_cluster::{
+    pg_bin_dir, PgAccess, PgCluster, PgClusterBuilder, PG_START_TIMEOUT, PG_SUPERUSER,
+};
 pub use scratch::{admin_url, with_database, ScratchDb, ScratchDbBuilder, DEFAULT_ADMIN_URL};
 pub use wait::{random_suffix, wait_for, POLL_INTERVAL};

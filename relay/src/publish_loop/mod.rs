@@ -210,12 +210,25 @@ impl BrokerBackoff {
     /// A whole batch failed for the broker's reasons: pause, longer each
     /// time in a row.
     async fn pause(&mut self, error: Option<String>, shutdown: &mut Shutdown) {
+        let first = self.current.is_zero();
         self.current = (self.current * 2).clamp(Duration::from_secs(1), self.longest);
-        tracing::warn!(
-            error = error.as_deref().unwrap_or(""),
-            pause = %humantime::format_duration(self.current),
-            "broker unavailable: no message of the batch was delivered; pausing"
-        );
+        // Once per outage: the producer's own outage log summarises the
+        // rest (a finite message.timeout.ms fails a batch every few
+        // seconds for as long as the broker is away).
+        if first {
+            tracing::warn!(
+                error = error.as_deref().unwrap_or(""),
+                pause = %humantime::format_duration(self.current),
+                "broker unavailable: no message of the batch was delivered; pausing, then retrying with pauses up to {}",
+                humantime::format_duration(self.longest)
+            );
+        } else {
+            tracing::debug!(
+                error = error.as_deref().unwrap_or(""),
+                pause = %humantime::format_duration(self.current),
+                "broker still unavailable; pausing"
+            );
+        }
         pause(shutdown, self.current).await;
     }
 

@@ -287,9 +287,14 @@ impl Relay {
         brokers: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::spawn_command(log_name, &mut relay_command(database_url, brokers, extra))
+    }
+
+    /// Starts `cmd` (usually a [`relay_command`] with something changed),
+    /// its output in `target/test-logs/<log_name>.log`.
+    pub fn spawn_command(log_name: &str, cmd: &mut Command) -> Result<Self> {
         let log = log_path(log_name);
-        let mut cmd = relay_command(database_url, brokers, extra);
-        let child = ChildGuard::spawn_logged("outbox-relay", &mut cmd, &log, LogMode::Truncate)?;
+        let child = ChildGuard::spawn_logged("outbox-relay", cmd, &log, LogMode::Truncate)?;
         Ok(Relay { child, log })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use outbox_testkit::{kafka, random_suffix};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use uuid::Uuid;
@@ -78,18 +78,43 @@ impl TopicReader {
     /// A reader of `topic` (which must exist) on `brokers`.
     pub async fn new(brokers: &str, topic: &str) -> Result<Self> {
         let partitions = kafka::partition_count(brokers, topic).await?;
+        Self::assigned(consumer_config(brokers, &[]), brokers, topic, partitions)
+    }
+
+    /// [`new`](Self::new) with extra librdkafka settings over the reader's
+    /// own (say `security.protocol=SSL` and `ssl.ca.location`); the
+    /// partitions are looked up with the same settings.
+    pub async fn with_settings(
+        brokers: &str,
+        topic: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<Self> {
+        let config = consumer_config(brokers, settings);
+        let (lookup, t) = (config.clone(), topic.to_owned());
+        let partitions = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let consumer: BaseConsumer = lookup.create()?;
+            let metadata = consumer.fetch_metadata(Some(&t), kafka::METADATA_TIMEOUT)?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .find(|m| m.name() == t && m.error().is_none())
+                .map_or(0, |m| m.partitions().len()))
+        })
+        .await?
+        .with_context(|| format!("asking {brokers} for the partitions of {topic}"))?;
+        Self::assigned(config, brokers, topic, partitions)
+    }
+
+    fn assigned(
+        config: ClientConfig,
+        brokers: &str,
+        topic: &str,
+        partitions: usize,
+    ) -> Result<Self> {
         if partitions == 0 {
             bail!("topic {topic} does not exist on {brokers}");
         }
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("outbox-test-{}", random_suffix()))
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "false")
-            .set("reconnect.backoff.max.ms", "500")
-            .create()
-            .context("creating the test consumer")?;
+        let consumer: StreamConsumer = config.create().context("creating the test consumer")?;
         let mut assignment = TopicPartitionList::new();
         for p in 0..partitions as i32 {
             assignment.add_partition_offset(topic, p, Offset::Beginning)?;
@@ -165,6 +190,22 @@ impl TopicReader {
         })
         .await
     }
+}
+
+/// The reader's consumer settings, `extra` over them.
+fn consumer_config(brokers: &str, extra: &[(&str, &str)]) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("outbox-test-{}", random_suffix()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("reconnect.backoff.max.ms", "500");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config
 }
 
 /// Counts how often each `outbox-id` occurs in `records`; fails on a record
