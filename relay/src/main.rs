@@ -52,6 +52,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // A start-up broker check may still wait in librdkafka on a blocking
+    // thread (up to its timeout); the answer is known, so do not wait.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

@@ -343,7 +343,7 @@ pub struct KeyTopics {
 impl KeyTopics {
     /// Whether a message of `key` for `topic` may be sent now.
     pub fn may_send(&self, key: &[u8], topic: &str) -> bool {
-        self.keys.get(key).map_or(true, |(t, _)| t == topic)
+        self.keys.get(key).is_none_or(|(t, _)| t == topic)
     }
 
     fn add(&mut self, key: &[u8], topic: &str) {

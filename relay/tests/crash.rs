@@ -42,7 +42,7 @@ async fn write(pool: sqlx::PgPool, topic: String, stop: Arc<AtomicBool>) -> Resu
         let mut tx = pool.begin().await?;
         let ids = outbox.enqueue_all(&mut *tx, batch).await?;
         let ids = ids.into_iter().map(|id| id.0);
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             tx.rollback().await?;
             written.rolled_back.extend(ids);
         } else {
