@@ -106,7 +106,7 @@ impl BrokerEvents {
                 o.latest = reason.to_owned();
                 if o.last_summary.elapsed() >= SUMMARY_EVERY {
                     tracing::warn!(
-                        for_ = %humantime::format_duration(round(o.started.elapsed())),
+                        down_for = %humantime::format_duration(round(o.started.elapsed())),
                         errors = o.errors_since_summary,
                         latest = %o.latest,
                         "Kafka broker still unreachable"

@@ -40,6 +40,9 @@ pub enum Command {
     Run,
     /// Create or upgrade the outbox schema, then exit.
     Migrate,
+    /// Ask the relay listening on --http-listen for /healthz; exit 0 when
+    /// it answers 200 (a container HEALTHCHECK without curl).
+    Healthcheck,
     /// Return dead-lettered messages to pending with a fresh retry budget.
     ReplayDead {
         /// Replay every dead message.

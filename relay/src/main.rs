@@ -1,6 +1,7 @@
 //! `outbox-relay`: the daemon. See `outbox-relay --help`.
 
 mod cli;
+mod healthcheck;
 
 use std::process::ExitCode;
 
@@ -31,6 +32,15 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
+    if let Some(Command::Healthcheck) = cli.command {
+        return match healthcheck::probe(config.http_listen) {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(reason) => fail(&reason),
+        };
+    }
     let outcome = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => {
@@ -44,6 +54,7 @@ fn main() -> ExitCode {
                 println!("outbox schema is at version {version}");
                 Ok(())
             }
+            Command::Healthcheck => unreachable!("answered above"),
             Command::ReplayDead { all, ids } => {
                 let ids = if all { None } else { Some(ids.as_slice()) };
                 let n = outbox_relay::replay_dead(&config, ids).await?;

@@ -104,7 +104,9 @@ async fn a_run_with_secrets_prints_none() -> Result<()> {
     db.enqueue_numbered(&topic, 5, 1).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (_, unhealthy) = http_get(&http, "/healthz").await?;
-    relay.terminate(Duration::from_secs(20)).await?;
+    // With the broker gone, stopping waits up to 5 s for each batch in
+    // flight (4) and 5 s more for the producer's flush.
+    relay.terminate(Duration::from_secs(40)).await?;
 
     let output = relay.output();
     assert!(
