@@ -38,9 +38,9 @@ tansu_pid=$(start_tansu "$port" "$run_dir/tansu.log")
 log "running the benchmark (relay logs: target/bench/logs/)"
 # The program creates (and drops) its own databases, outbox_bench_*, and
 # its own topics; it starts and stops every relay it measures.
-./target/release/outbox-bench \
+"$TARGET_DIR"/release/outbox-bench \
   --database-url "$OUTBOX_TEST_DATABASE_URL" \
   --brokers "$brokers" \
-  --relay-bin target/release/outbox-relay \
+  --relay-bin "$TARGET_DIR"/release/outbox-relay \
   --out-dir target/bench \
   "$@"

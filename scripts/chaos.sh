@@ -30,7 +30,7 @@ log "building outbox-relay and outbox-chaos (debug, as the tests)"
 # two packages would compile tokio, sqlx and rdkafka again).
 cargo build --locked --workspace --bins
 
-exec ./target/debug/outbox-chaos \
+exec "$TARGET_DIR"/debug/outbox-chaos \
   --tansu-bin "$TANSU_BIN" \
-  --relay-bin ./target/debug/outbox-relay \
+  --relay-bin "$TARGET_DIR"/debug/outbox-relay \
   "$@"

@@ -21,4 +21,4 @@ fi
 log "building outbox-compare"
 cargo build --quiet --release -p outbox-coordinator --bin outbox-compare
 log "running the comparison"
-exec target/release/outbox-compare run "$@"
+exec "$TARGET_DIR"/release/outbox-compare run "$@"

@@ -19,4 +19,4 @@ cargo build --locked -p outbox-relay -p order-inventory
 
 log "running the order/inventory flow"
 if [ "$#" -eq 0 ]; then set -- --chaos; fi
-exec ./target/debug/order-inventory-demo --tansu-bin "$TANSU_BIN" "$@"
+exec "$TARGET_DIR"/debug/order-inventory-demo --tansu-bin "$TANSU_BIN" "$@"

@@ -19,7 +19,7 @@ BIN=${1:-}
 SECS=${2:-90}
 if [ -z "$BIN" ]; then
   cargo build --locked -p outbox-relay
-  BIN=./target/debug/outbox-relay
+  BIN="$TARGET_DIR"/debug/outbox-relay
 fi
 admin=$OUTBOX_TEST_DATABASE_URL
 db=outbox_drain_$$

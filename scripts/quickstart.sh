@@ -31,15 +31,15 @@ pids+=("$(start_tansu "$port" "$run_dir/tansu.log")")
 
 log "creating database $db and the outbox schema"
 psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-./target/debug/outbox-relay --database-url "$db_url" migrate
+"$TARGET_DIR"/debug/outbox-relay --database-url "$db_url" migrate
 
 log "starting outbox-relay (log: $run_dir/relay.log, metrics: http://127.0.0.1:$http_port/metrics)"
-./target/debug/outbox-relay --database-url "$db_url" --brokers "$brokers" \
+"$TARGET_DIR"/debug/outbox-relay --database-url "$db_url" --brokers "$brokers" \
   --http-listen "127.0.0.1:$http_port" >"$run_dir/relay.log" 2>&1 &
 pids+=("$!")
 
 log "placing orders; each line is a message consumed back from Kafka"
-./target/debug/outbox-quickstart --database-url "$db_url" --brokers "$brokers" --count "${COUNT:-30}"
+"$TARGET_DIR"/debug/outbox-quickstart --database-url "$db_url" --brokers "$brokers" --count "${COUNT:-30}"
 
 log "relay health and metrics"
 curl -fsS "http://127.0.0.1:$http_port/healthz"; echo

@@ -8,6 +8,9 @@ TANSU_ROOT="${TANSU_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/outbox/tansu-$TANSU_VE
 export TANSU_BIN="$TANSU_ROOT/bin/tansu"
 export OUTBOX_TEST_DATABASE_URL="${OUTBOX_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
+# Where cargo puts the binaries the scripts run (CARGO_TARGET_DIR if set).
+export TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # PostgreSQL on 127.0.0.1:5432, with prepared transactions enabled (the 2PC
