@@ -16,6 +16,9 @@ use crate::secrets::redact_url;
 /// LISTEN connection, the sweeper and /healthz.
 const POOL_SIZE: u32 = 9;
 
+/// Shortest time one connection attempt is given, even at the deadline.
+const MIN_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// Longest pause between two connection attempts at start.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 
@@ -45,12 +48,21 @@ pub(crate) async fn connect(config: &RelayConfig) -> Result<PgPool> {
     // One plain connection first: a pool only reports "timed out" when
     // its connections fail, which hides the reason.
     loop {
-        let failure = match options.connect().await {
-            Ok(conn) => {
+        // Bounded, so that a server that accepts and never answers cannot
+        // hold the start past the deadline.
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(MIN_ATTEMPT);
+        let failure = match tokio::time::timeout(left, options.connect()).await {
+            Ok(Ok(conn)) => {
                 let _ = conn.close().await;
                 break;
             }
-            Err(e) => classify(&e),
+            Ok(Err(e)) => classify(&e),
+            Err(_) => Failure::Transient(format!(
+                "the server accepted the connection but did not answer within {}",
+                humantime::format_duration(left)
+            )),
         };
         match failure {
             Failure::Permanent(reason) => return Err(Error::DatabaseRefused { url, reason }),
