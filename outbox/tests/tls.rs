@@ -8,40 +8,25 @@
 //! Each test starts a PostgreSQL of its own (`outbox_testkit::PgCluster`)
 //! with certificates it generates (`outbox_testkit::tls::Certs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{ensure, Result};
 use outbox::{Message, Outbox};
 use outbox_testkit::tls::Certs;
-use outbox_testkit::{random_suffix, PgAccess, PgCluster};
+use outbox_testkit::{PgAccess, PgCluster};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-
-/// A folder of the test's own, deleted when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        TempDir(std::env::temp_dir().join(format!("outbox-tls-{}", random_suffix())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Certificates and a cluster that uses them.
 struct Setup {
     cluster: PgCluster,
     certs: Certs,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 async fn setup(access: PgAccess) -> Result<Setup> {
-    let dir = TempDir::new();
-    let certs = Certs::generate(&dir.0)?;
+    let dir = tempfile::tempdir()?;
+    let certs = Certs::generate(dir.path())?;
     let cluster = PgCluster::builder()
         .tls(certs.server_cert(), certs.server_key(), Some(&certs.ca()))
         .access(access)

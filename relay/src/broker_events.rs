@@ -5,7 +5,6 @@
 //! with librdkafka's reason instead of retrying a setting that cannot
 //! work.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +26,6 @@ pub(crate) struct BrokerEvents {
 #[derive(Default)]
 struct Inner {
     outage: Mutex<Option<Outage>>,
-    /// Set while an outage is open, so the hot path checks one atomic.
-    in_outage: AtomicBool,
     refused: Mutex<Option<String>>,
     /// Woken by every error librdkafka reports.
     errors: Notify,
@@ -60,14 +57,15 @@ impl BrokerEvents {
 
     /// Whether an outage is open (logged and not yet over).
     pub(crate) fn in_outage(&self) -> bool {
-        self.inner.in_outage.load(Ordering::Relaxed)
+        self.inner
+            .outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// The broker answered: closes an open outage with one line.
     pub(crate) fn reachable(&self) {
-        if !self.in_outage() {
-            return;
-        }
         let mut outage = self.inner.outage.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(o) = outage.take() {
             tracing::info!(
@@ -76,7 +74,6 @@ impl BrokerEvents {
                 "Kafka broker reachable again"
             );
         }
-        self.inner.in_outage.store(false, Ordering::Relaxed);
     }
 
     /// Counts one broker error; logs it when it opens an outage or a
@@ -98,7 +95,6 @@ impl BrokerEvents {
                     errors: 1,
                     latest: reason.to_owned(),
                 });
-                self.inner.in_outage.store(true, Ordering::Relaxed);
             }
             Some(o) => {
                 o.errors += 1;

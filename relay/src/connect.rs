@@ -43,6 +43,17 @@ pub(crate) enum Failure {
 pub(crate) async fn connect(config: &RelayConfig) -> Result<PgPool> {
     let options = options(config)?;
     let url = redact_url(&config.database_url);
+    let failed = |failure: Failure| {
+        let url = url.clone();
+        match failure {
+            Failure::Permanent(reason) => Error::DatabaseRefused { url, reason },
+            Failure::Transient(reason) => Error::DatabaseUnreachable {
+                url,
+                timeout: humantime::format_duration(config.connect_timeout).to_string(),
+                reason,
+            },
+        }
+    };
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut wait = Duration::from_millis(200);
     // One plain connection first: a pool only reports "timed out" when
@@ -65,7 +76,6 @@ pub(crate) async fn connect(config: &RelayConfig) -> Result<PgPool> {
             )),
         };
         match failure {
-            Failure::Permanent(reason) => return Err(Error::DatabaseRefused { url, reason }),
             Failure::Transient(reason) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(url = %url, reason = %reason, "database not reachable yet; retrying");
                 // The last pause ends at the deadline, for one last try.
@@ -73,13 +83,7 @@ pub(crate) async fn connect(config: &RelayConfig) -> Result<PgPool> {
                 tokio::time::sleep(wait.min(left)).await;
                 wait = (wait * 2).min(MAX_RETRY_WAIT);
             }
-            Failure::Transient(reason) => {
-                return Err(Error::DatabaseUnreachable {
-                    url,
-                    timeout: humantime::format_duration(config.connect_timeout).to_string(),
-                    reason,
-                })
-            }
+            refused_or_too_late => return Err(failed(refused_or_too_late)),
         }
     }
     PgPoolOptions::new()
@@ -87,14 +91,7 @@ pub(crate) async fn connect(config: &RelayConfig) -> Result<PgPool> {
         .acquire_timeout(config.connect_timeout.max(Duration::from_secs(1)))
         .connect_with(options)
         .await
-        .map_err(|e| match classify(&e) {
-            Failure::Permanent(reason) => Error::DatabaseRefused { url, reason },
-            Failure::Transient(reason) => Error::DatabaseUnreachable {
-                url,
-                timeout: humantime::format_duration(config.connect_timeout).to_string(),
-                reason,
-            },
-        })
+        .map_err(|e| failed(classify(&e)))
 }
 
 /// The connect options for `config.database_url`, with the relay's
@@ -103,10 +100,11 @@ fn options(config: &RelayConfig) -> Result<PgConnectOptions> {
     let options: PgConnectOptions = config.database_url.parse().map_err(|e: sqlx::Error| {
         Error::config(
             "database-url",
+            // sqlx's URL errors (the url crate's, UTF-8 decoding, numbers,
+            // sslmode) never quote the password; the test below holds it.
             format!(
-                "{} is not a valid PostgreSQL URL: {}",
-                redact_url(&config.database_url),
-                crate::secrets::redact_text(&e.to_string(), &config.database_url)
+                "{} is not a valid PostgreSQL URL: {e}",
+                redact_url(&config.database_url)
             ),
         )
     })?;
@@ -204,6 +202,19 @@ mod tests {
                 assert!(reason.contains("connection refused"), "{reason}")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_url_is_named_without_its_password() {
+        for url in [
+            "postgres://app:hunter2-secret@db:notaport/orders",
+            "postgres://app:hunter2-secret@db/orders?sslmode=sometimes",
+            "postgres://app:hunter2-secret%FF@db/orders",
+        ] {
+            let e = options(&RelayConfig::new(url)).expect_err(url).to_string();
+            assert!(e.contains("database-url"), "{e}");
+            assert!(!e.contains("hunter2"), "{e}");
         }
     }
 

@@ -10,11 +10,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
 
 use crate::broker_events::BrokerEvents;
-use rdkafka::util::Timeout;
-use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -116,16 +115,7 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out".to_string()),
     };
-    let producer = s.producer.clone();
-    let broker = tokio::task::spawn_blocking(move || {
-        producer
-            .client()
-            .fetch_metadata(None, Timeout::After(PROBE_TIMEOUT))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    let broker = crate::publish::ask_broker(&s.producer, PROBE_TIMEOUT).await;
     // Reachable is not enough: a relay whose loop makes no progress holds
     // keys nobody else may publish.
     let publishing = s.health.problem().map_or(Ok(()), Err);

@@ -17,12 +17,33 @@ use crate::broker_events::BrokerEvents;
 use crate::config::{RelayConfig, DEFAULT_MESSAGE_TIMEOUT};
 use crate::error::{Error, Result};
 
+/// How long the outage watch waits for each metadata answer.
+const OUTAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the broker for metadata (on a blocking thread: librdkafka's call
+/// blocks) and reports whether it answered within `timeout`, or why not.
+pub(crate) async fn ask_broker(
+    producer: &FutureProducer<BrokerEvents>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let producer = producer.clone();
+    tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, Timeout::After(timeout))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()))
+}
+
 /// librdkafka's complaint about a setting, with the value left out when
 /// the setting is a secret (librdkafka quotes the value it refused).
 fn producer_error(e: &KafkaError) -> String {
     match e {
         KafkaError::ClientConfig(_, description, key, value)
-            if crate::secrets::is_secret_key(key) =>
+            if crate::secrets::is_secret_setting(key) =>
         {
             crate::secrets::redact_value(description, value)
         }
@@ -107,15 +128,10 @@ impl Publisher {
     /// fixes. A broker that is merely down is logged and waited for while
     /// running, as always.
     pub async fn check_broker(&self, timeout: Duration) -> Result<()> {
-        let producer = self.producer.clone();
-        let mut metadata = tokio::task::spawn_blocking(move || {
-            producer
-                .client()
-                .fetch_metadata(None, Timeout::After(timeout))
-                .map(|_| ())
-        });
+        let metadata = ask_broker(&self.producer, timeout);
+        tokio::pin!(metadata);
         let answered = tokio::select! {
-            done = &mut metadata => matches!(done, Ok(Ok(()))),
+            done = &mut metadata => done.is_ok(),
             _ = self.events.next_error() => {
                 // The error that woke us may be the handshake's first;
                 // give a refusal a moment to be told apart from a
@@ -152,16 +168,7 @@ impl Publisher {
                 if !events.in_outage() {
                     continue;
                 }
-                let probe = producer.clone();
-                let answered = tokio::task::spawn_blocking(move || {
-                    probe
-                        .client()
-                        .fetch_metadata(None, Timeout::After(Duration::from_secs(2)))
-                        .is_ok()
-                })
-                .await
-                .unwrap_or(false);
-                if answered {
+                if ask_broker(&producer, OUTAGE_PROBE_TIMEOUT).await.is_ok() {
                     events.reachable();
                 }
             }

@@ -19,7 +19,7 @@ pub(crate) fn redact_url(url: &str) -> String {
         let query = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if is_secret_key(k) => format!("{k}={MASK}"),
+                Some((k, _)) if is_secret_setting(k) => format!("{k}={MASK}"),
                 _ => pair.to_owned(),
             })
             .collect::<Vec<_>>()
@@ -41,68 +41,10 @@ fn userinfo(url: &str) -> Option<(usize, usize)> {
     Some((start, start + at))
 }
 
-/// `text` with every occurrence of the URL's password (as written and
-/// percent-decoded) replaced by `***`: for messages of libraries that
-/// quote what they were given.
-pub(crate) fn redact_text(text: &str, url: &str) -> String {
-    let mut out = text.to_owned();
-    for secret in url_secrets(url) {
-        if secret.len() >= 3 {
-            out = out.replace(&secret, MASK);
-        }
-    }
-    out
-}
-
-/// The password of a URL, as written and decoded, and any secret query
-/// values.
-fn url_secrets(url: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    if let Some((start, end)) = userinfo(url) {
-        if let Some((_, password)) = url[start..end].split_once(':') {
-            found.push(password.to_owned());
-            if let Some(decoded) = percent_decode(password) {
-                found.push(decoded);
-            }
-        }
-    }
-    if let Some((_, query)) = url.split_once('?') {
-        for pair in query.split('&') {
-            if let Some((k, v)) = pair.split_once('=') {
-                if is_secret_key(k) {
-                    found.push(v.to_owned());
-                }
-            }
-        }
-    }
-    found
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 /// Whether the relay treats the value of this librdkafka setting (or URL
 /// parameter) as a secret, never to be logged: passwords, private keys,
 /// client secrets, tokens and the OAUTHBEARER configuration.
 pub fn is_secret_setting(key: &str) -> bool {
-    is_secret_key(key)
-}
-
-pub(crate) fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password")
         || key.contains("secret")
@@ -124,7 +66,7 @@ pub(crate) fn redact_value(text: &str, value: &str) -> String {
 
 /// `value`, or `***` when `key` names a secret.
 pub(crate) fn shown<'a>(key: &str, value: &'a str) -> &'a str {
-    if is_secret_key(key) {
+    if is_secret_setting(key) {
         MASK
     } else {
         value
@@ -152,13 +94,6 @@ mod tests {
     }
 
     #[test]
-    fn hides_passwords_quoted_in_text() {
-        let url = "postgres://u:p%40ssw0rd@h/db?password=other-secret";
-        let text = "bad value p@ssw0rd and p%40ssw0rd and other-secret";
-        assert_eq!(redact_text(text, url), "bad value *** and *** and ***");
-    }
-
-    #[test]
     fn knows_librdkafka_secrets() {
         for key in [
             "sasl.password",
@@ -168,11 +103,11 @@ mod tests {
             "sasl.oauthbearer.client.secret",
             "sasl.oauthbearer.config",
         ] {
-            assert!(is_secret_key(key), "{key}");
+            assert!(is_secret_setting(key), "{key}");
             assert_eq!(shown(key, "x"), MASK);
         }
         for key in ["sasl.username", "ssl.ca.location", "compression.type"] {
-            assert!(!is_secret_key(key), "{key}");
+            assert!(!is_secret_setting(key), "{key}");
         }
     }
 }

@@ -130,6 +130,57 @@ fn last_line(text: &str) -> &str {
         .unwrap_or("")
 }
 
+/// Runs a relay against `db` and `brokers` with `kafka_settings` (flags)
+/// that the broker must refuse: returns how it exited, how long it took
+/// and its last stderr line, having checked that it exited non-zero with
+/// the relay's error line.
+async fn run_refused(
+    log_name: &str,
+    db: &TestDb,
+    brokers: &str,
+    kafka_settings: Vec<String>,
+) -> Result<(common::Exited, Duration, String)> {
+    let mut args: Vec<String> = [
+        "--database-url",
+        db.url.as_str(),
+        "--brokers",
+        brokers,
+        "--http-listen",
+        "127.0.0.1:0",
+        "--connect-timeout",
+        "10s",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    args.extend(kafka_settings);
+    let started = Instant::now();
+    let exited = common::run_relay_to_exit(log_name, &refs(&args), Duration::from_secs(30)).await?;
+    let took = started.elapsed();
+    let last = last_line(&exited.stderr).to_owned();
+    assert!(
+        !exited.status.success(),
+        "the relay exited {} after {took:?}; last line: {last}",
+        exited.status
+    );
+    assert!(
+        last.starts_with("outbox-relay: error:"),
+        "last line of stderr: {last:?}"
+    );
+    Ok((exited, took, last))
+}
+
+/// Every one of the `messages` rows is still pending: nothing was marked.
+async fn assert_all_pending(db: &TestDb, messages: usize) -> Result<()> {
+    let counts = db.status_counts().await?;
+    assert_eq!(
+        counts.get("pending"),
+        Some(&(messages as i64)),
+        "{counts:?}"
+    );
+    assert_eq!(counts.len(), 1, "{counts:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn publishes_over_verified_tls() -> Result<()> {
     const MESSAGES: usize = 500;
@@ -206,36 +257,15 @@ async fn a_ca_that_did_not_sign_the_broker_stops_the_relay_at_start() -> Result<
     kafka.create_topic(&topic, 1).await?;
     db.enqueue_numbered(&topic, MESSAGES, 10).await?;
 
-    let proxy = kafka.proxy.addr();
-    let mut args: Vec<String> = [
-        "--database-url",
-        db.url.as_str(),
-        "--brokers",
-        proxy.as_str(),
-        "--http-listen",
-        "127.0.0.1:0",
-        "--connect-timeout",
-        "10s",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend(ssl_args(&kafka.certs.other_ca()));
-    let started = Instant::now();
-    let exited = common::run_relay_to_exit(
+    let (exited, took, last) = run_refused(
         "kafka_tls-bad-ca-relay",
-        &refs(&args),
-        Duration::from_secs(30),
+        &db,
+        &kafka.proxy.addr(),
+        ssl_args(&kafka.certs.other_ca()),
     )
     .await?;
-    let took = started.elapsed();
-    let last = last_line(&exited.stderr);
     assert!(
-        !exited.status.success(),
-        "the relay exited {} after {took:?}; last line: {last}",
-        exited.status
-    );
-    assert!(
-        last.starts_with("outbox-relay: error:") && last.contains("certificate verify failed"),
+        last.contains("certificate verify failed"),
         "last line of stderr: {last:?}"
     );
     assert!(
@@ -244,13 +274,7 @@ async fn a_ca_that_did_not_sign_the_broker_stops_the_relay_at_start() -> Result<
     );
     // Nothing reached the broker, nothing was marked.
     assert_eq!(kafka.proxy.bytes_from_clients(), 0);
-    let counts = db.status_counts().await?;
-    assert_eq!(
-        counts.get("pending"),
-        Some(&(MESSAGES as i64)),
-        "{counts:?}"
-    );
-    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_all_pending(&db, MESSAGES).await?;
     eprintln!(
         "bad CA: the relay exited {} after {took:?}: {last}",
         exited.status
@@ -519,39 +543,23 @@ async fn a_wrong_scram_password_stops_the_relay_at_start() -> Result<()> {
     )
     .await?;
     let ca = path(&kafka.certs.ca());
-    let proxy = kafka.proxy.addr();
-
-    let mut args: Vec<String> = [
-        "--database-url",
-        db.url.as_str(),
-        "--brokers",
-        proxy.as_str(),
-        "--http-listen",
-        "127.0.0.1:0",
-        "--connect-timeout",
-        "10s",
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    args.extend(kafka_args(&sasl_settings(
+    let mut kafka_settings = kafka_args(&sasl_settings(
         &ca,
         "SCRAM-SHA-512",
         "relay",
         &wrong_password,
-    )));
+    ));
     // librdkafka's security debugging on, to show that even then no
     // password is printed.
-    args.extend(["--kafka".into(), "debug=security,broker".into()]);
-    let started = Instant::now();
-    let exited = common::run_relay_to_exit(
+    kafka_settings.extend(["--kafka".into(), "debug=security,broker".into()]);
+    let (exited, took, last) = run_refused(
         "kafka_tls-scram-wrong-relay",
-        &refs(&args),
-        Duration::from_secs(30),
+        &db,
+        &kafka.proxy.addr(),
+        kafka_settings,
     )
     .await?;
-    let took = started.elapsed();
     let all = format!("{}{}", exited.stdout, exited.stderr);
-    let last = last_line(&exited.stderr);
     eprintln!(
         "wrong SCRAM password: the relay exited {} after {took:?}: {last}",
         exited.status
@@ -565,23 +573,10 @@ async fn a_wrong_scram_password_stops_the_relay_at_start() -> Result<()> {
         "no TLS handshake completed before SASL"
     );
     assert!(
-        !exited.status.success(),
-        "the relay exited {}",
-        exited.status
-    );
-    assert!(
-        last.starts_with("outbox-relay: error:")
-            && last.to_lowercase().contains("sasl")
-            && last.to_lowercase().contains("authentication"),
+        last.to_lowercase().contains("sasl") && last.to_lowercase().contains("authentication"),
         "last line of stderr: {last:?}"
     );
-    let counts = db.status_counts().await?;
-    assert_eq!(
-        counts.get("pending"),
-        Some(&(MESSAGES as i64)),
-        "{counts:?}"
-    );
-    assert_eq!(counts.len(), 1, "{counts:?}");
+    assert_all_pending(&db, MESSAGES).await?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -27,31 +27,16 @@ const QUICK: Duration = Duration::from_secs(5);
 /// What every failing run must end with.
 const ERROR_PREFIX: &str = "outbox-relay: error:";
 
-/// A folder of the test's own, deleted when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        TempDir(std::env::temp_dir().join(format!("outbox-relay-tls-{}", random_suffix())))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Certificates and a cluster that requires TLS and a password.
 struct Setup {
     cluster: PgCluster,
     certs: Certs,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 async fn setup() -> Result<Setup> {
-    let dir = TempDir::new();
-    let certs = Certs::generate(&dir.0)?;
+    let dir = tempfile::tempdir()?;
+    let certs = Certs::generate(dir.path())?;
     let cluster = PgCluster::builder()
         .tls(certs.server_cert(), certs.server_key(), Some(&certs.ca()))
         .access(PgAccess::PasswordOverTls)
