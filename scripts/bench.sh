@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_build_deps
-ensure_postgres
+ensure_prepared_transactions  # the 2PC scenario
 ensure_tansu
 log "building outbox-relay and outbox-bench (release)"
 cargo build --release --locked -p outbox-relay -p outbox-bench

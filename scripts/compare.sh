@@ -5,13 +5,14 @@
 # PreCommit), and writes target/compare/report.md (also printed).
 #
 # Needs PostgreSQL on 127.0.0.1:5432 (max_prepared_transactions > 0; set up
-# by ensure_postgres) and MariaDB on 127.0.0.1:3306 (root, no password;
+# by ensure_prepared_transactions, which says so before it restarts
+# PostgreSQL) and MariaDB on 127.0.0.1:3306 (root, no password;
 # override with OUTBOX_TEST_MYSQL_URL). Every run creates its own databases
 # and drops them. Arguments go to `outbox-compare run` (e.g. --orders 500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
-ensure_postgres
+ensure_prepared_transactions
 ensure_mariadb
 export OUTBOX_TEST_MYSQL_URL="${OUTBOX_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
 if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then

@@ -13,30 +13,81 @@ export TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# PostgreSQL on 127.0.0.1:5432, with prepared transactions enabled (the 2PC
-# comparison needs max_prepared_transactions > 0).
+# Runs a command as root (directly, or through sudo when there is one).
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs Debian/Ubuntu packages with apt-get, or says what to install
+# elsewhere and fails.
+apt_install() {
+  local what="$1"; shift
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "$what is missing: install it (packages $*) and run this again" >&2
+    return 1
+  fi
+  log "installing $what with apt-get ($*)"
+  as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+}
+
+# The newest PostgreSQL cluster's version folder under /etc/postgresql.
+pg_version() { ls /etc/postgresql 2>/dev/null | sort -V | tail -n1; }
+
+# PostgreSQL on 127.0.0.1:5432, answering the superuser `postgres` without
+# a password from this machine (the tests and the demo create scratch
+# databases). Started if it is installed but down; installed with apt-get
+# when it is not installed at all. Touches nothing else: the settings the
+# 2PC comparison needs are ensure_prepared_transactions's.
 ensure_postgres() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+    apt_install PostgreSQL postgresql postgresql-contrib || return 1
+    # A cluster this script just created: let local TCP connections in
+    # without a password, as the tests' URLs expect. Never done to a
+    # cluster that was there before.
+    local hba="/etc/postgresql/$(pg_version)/main/pg_hba.conf"
+    log "letting local connections to the new cluster in without a password ($hba)"
+    as_root sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+/\1trust/; s/^(local\s+all\s+(postgres|all)\s+)\S+/\1trust/' "$hba"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main restart 2>/dev/null \
+      || as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main start
+  fi
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     log "starting PostgreSQL"
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main start
     for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
   fi
   pg_isready -q -h 127.0.0.1 -p 5432 || { echo "PostgreSQL is not reachable on 127.0.0.1:5432" >&2; return 1; }
+  psql "$OUTBOX_TEST_DATABASE_URL" -qAtc 'SELECT 1' >/dev/null || {
+    echo "PostgreSQL on 127.0.0.1:5432 refused $OUTBOX_TEST_DATABASE_URL: allow that user in (e.g. trust for 127.0.0.1 in pg_hba.conf), or set OUTBOX_TEST_DATABASE_URL" >&2
+    return 1
+  }
+}
+
+# max_prepared_transactions > 0, which PostgreSQL's PREPARE TRANSACTION
+# (the 2PC/3PC comparison, its tests and the benchmark's 2PC scenario)
+# needs. Setting it means restarting the server, so this says so first and
+# does it only when the setting is 0.
+ensure_prepared_transactions() {
+  ensure_postgres || return 1
   local mpt
   mpt=$(psql "$OUTBOX_TEST_DATABASE_URL" -Atc 'SHOW max_prepared_transactions')
   if [ "$mpt" = "0" ]; then
-    log "enabling prepared transactions (max_prepared_transactions = 64) and restarting PostgreSQL"
+    log "the 2PC comparison needs prepared transactions: setting max_prepared_transactions = 64 and restarting PostgreSQL once"
     psql "$OUTBOX_TEST_DATABASE_URL" -qc 'ALTER SYSTEM SET max_prepared_transactions = 64'
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_version)" main restart
     for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
   fi
 }
 
 # MariaDB on 127.0.0.1:3306 (root, no password): a participant of the
-# 2PC/3PC comparison and its tests.
+# 2PC/3PC comparison and its tests. Installed with apt-get when missing.
 ensure_mariadb() {
+  if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ] \
+    && ! mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
+    apt_install MariaDB mariadb-server mariadb-client || return 1
+  fi
   if ! mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1; then
     log "starting MariaDB"
+    as_root mkdir -p /run/mysqld && as_root chown mysql:mysql /run/mysqld 2>/dev/null || true
     start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
     for _ in $(seq 1 30); do mysqladmin -uroot -h127.0.0.1 ping >/dev/null 2>&1 && break; sleep 1; done
   fi
@@ -52,24 +103,23 @@ ensure_build_deps() {
     return 0
   fi
   if command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    log "installing OpenSSL headers and pkg-config (libssl-dev pkg-config) with apt-get"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq libssl-dev pkg-config >/dev/null
-    return 0
+    apt_install "OpenSSL's headers and pkg-config" libssl-dev pkg-config
+    return
   fi
   echo "the build needs OpenSSL's development files and pkg-config (e.g. libssl-dev and pkg-config, or openssl-devel and pkgconf)" >&2
   return 1
 }
 
-# The pinned tansu, built once into a cache folder (about 10 minutes).
+# The pinned tansu, built once into a cache folder (10 to 30 minutes on
+# two cores; cargo's progress bar shows how far it is). The tests and
+# `--broker tansu` use it; the demo's default broker needs nothing.
 ensure_tansu() {
   if [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
     return 0
   fi
-  log "installing tansu $TANSU_VERSION into $TANSU_ROOT (once; about 10 minutes)"
+  log "building the tansu $TANSU_VERSION broker into $TANSU_ROOT (once; 10 to 30 minutes on two cores)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql \
-    --root "$TANSU_ROOT" --quiet
+    --root "$TANSU_ROOT"
   "$TANSU_BIN" --version >/dev/null
 }
 

@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 source scripts/services.sh
 
 ensure_build_deps
-ensure_postgres
+ensure_prepared_transactions  # the coordinator's tests use PREPARE TRANSACTION
 ensure_mariadb
 ensure_tansu
 
+bash scripts/check-compose.sh
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::backlog::{drain, progress};
-use crate::broker::{self, BrokerStorage, MockBroker};
+use crate::broker::{self, BrokerStorage};
 use crate::cli::{Args, BrokerKind};
 use crate::faults::{self, BrokerTarget, FaultLog, Targets};
 use crate::relays::{self, RelaySpec, Relays, RelaysGuard};
@@ -23,6 +23,7 @@ use crate::report::{self, Outcome};
 use crate::util::Downtime;
 use crate::writer::{self, WriterSpec, WriterStats};
 use crate::{check, pg, reader, watchdog};
+use outbox_testkit::MockBroker;
 
 /// Kills tansu when the main task ends, whoever else holds it.
 struct TansuGuard(Arc<Mutex<Broker>>);
@@ -111,10 +112,10 @@ pub async fn run(args: Args) -> Result<bool> {
             (addr, target, Some(guard), None)
         }
         BrokerKind::Mock => {
-            let mock = Arc::new(MockBroker::start(3, &topic, args.partitions)?);
+            let mock = Arc::new(MockBroker::start(3, &[(&topic, args.partitions)])?);
             let addr = mock.bootstrap().to_owned();
             broker::wait_topic(&addr, &topic, args.partitions).await?;
-            let target = BrokerTarget::Mock(mock.clone(), args.partitions);
+            let target = BrokerTarget::Mock(mock.clone(), topic.clone(), args.partitions);
             (addr, target, None, Some(mock))
         }
     };

@@ -140,6 +140,15 @@ impl<H: Handler> InboxConsumer<H> {
         self.stats.clone()
     }
 
+    /// How many partitions the consumer group has assigned to this
+    /// consumer right now: 0 until it has joined its group (and during a
+    /// rebalance that takes its partitions away), so a service can report
+    /// itself ready only once it will actually receive messages. Safe to
+    /// call while [`run`](Self::run) runs, e.g. through an `Arc`.
+    pub fn assigned_partitions(&self) -> usize {
+        self.consumer.assignment().map_or(0, |list| list.count())
+    }
+
     /// Consumes until `stop` completes. Kafka errors are logged and the
     /// loop goes on; it returns only when stopped.
     pub async fn run(&self, stop: impl Future<Output = ()>) {

@@ -115,6 +115,11 @@ pub enum Error {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    /// librdkafka's mock cluster ([`MockBroker`](crate::MockBroker))
+    /// could not be created, or refused an operation.
+    #[cfg(feature = "kafka")]
+    #[error("librdkafka's mock cluster: {0}")]
+    Mock(String),
     /// A PostgreSQL cluster of its own ([`PgCluster`](crate::PgCluster))
     /// could not be made or started: PostgreSQL's programs are missing,
     /// `initdb` failed, or the server exited (the detail holds its output

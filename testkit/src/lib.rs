@@ -11,6 +11,8 @@
 //!   small waits and probes around them.
 //! - `kafka` (feature `kafka`): wait until a broker answers Kafka
 //!   metadata requests, or a topic shows its partitions.
+//! - `MockBroker` (feature `kafka`): librdkafka's mock Kafka cluster,
+//!   hosted in this process on real ports, with topics created.
 //! - `PgCluster` (feature `pg-cluster`): a PostgreSQL server of its own
 //!   (`initdb` in a temp folder, a free port), with TLS from given
 //!   certificates and a `pg_hba.conf` that requires TLS or a client
@@ -37,6 +39,8 @@ mod child;
 mod error;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+mod mock;
 mod net;
 #[cfg(feature = "pg-cluster")]
 mod pg_cluster;
@@ -50,6 +54,8 @@ pub use broker::{
 };
 pub use child::{ChildGuard, LogMode};
 pub use error::{Error, Result};
+#[cfg(feature = "kafka")]
+pub use mock::{MockBroker, MockOp};
 pub use net::{free_port, http_get, http_request, wait_for_port, HTTP_TIMEOUT};
 #[cfg(feature = "pg-cluster")]
 pub use pg_cluster::{

@@ -11,8 +11,8 @@ use rdkafka::types::RDKafkaRespErr;
 use tokio::task::JoinSet;
 
 use super::{error, note, BrokerTarget, FaultCtx, Kind};
-use crate::broker::MockOp;
 use crate::util::{signal, sleep_or_stop};
+use outbox_testkit::MockOp;
 
 pub(super) fn broker_outage(
     ctx: &FaultCtx,
@@ -99,7 +99,7 @@ pub(super) fn broker_outage(
             });
             true
         }
-        (BrokerTarget::Mock(mock, _), Kind::RttSpike) => {
+        (BrokerTarget::Mock(mock, ..), Kind::RttSpike) => {
             if busy.swap(true, Ordering::SeqCst) {
                 return false;
             }
@@ -145,7 +145,7 @@ pub(super) fn broker_outage(
 }
 
 pub(super) fn mock_op(ctx: &FaultCtx, kind: Kind) -> bool {
-    let BrokerTarget::Mock(mock, partitions) = &ctx.targets.broker else {
+    let BrokerTarget::Mock(mock, topic, partitions) = &ctx.targets.broker else {
         return false;
     };
     let (op, what) = match kind {
@@ -153,7 +153,11 @@ pub(super) fn mock_op(ctx: &FaultCtx, kind: Kind) -> bool {
             let partition = (ctx.pick % *partitions as u64) as i32;
             let broker = 1 + ((ctx.pick >> 16) % mock.broker_count() as u64) as i32;
             (
-                MockOp::SetLeader { partition, broker },
+                MockOp::SetLeader {
+                    topic: topic.clone(),
+                    partition,
+                    broker,
+                },
                 format!("leader_change: partition {partition} now led by broker {broker}"),
             )
         }

@@ -19,11 +19,11 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::broker::MockBroker;
 use crate::pg::PgCtl;
 use crate::relays::{self, SharedRelays};
 use crate::util::{sleep_or_stop, Downtime};
 use broker::{broker_outage, mock_op};
+use outbox_testkit::MockBroker;
 use postgres::pg_restart;
 use relay::{relay_kill, relay_pause};
 
@@ -72,7 +72,7 @@ pub enum BrokerTarget {
     /// tansu with SQLite storage: kill and restart.
     TansuRestart(Arc<Mutex<Broker>>, String),
     /// The mock cluster.
-    Mock(Arc<MockBroker>, i32),
+    Mock(Arc<MockBroker>, String, i32),
 }
 
 /// Everything the faults act on.

@@ -8,9 +8,14 @@
 //! reply through its inbox, confirms or cancels the order (the
 //! compensation), and confirms the original message end to end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use outbox::kafka::{Handler, InboxConsumer};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
@@ -73,9 +78,20 @@ pub async fn connect(url: &str, migrator: &sqlx::migrate::Migrator) -> anyhow::R
     Ok(pool)
 }
 
+/// Default of the services' `--session-timeout`. Apache Kafka accepts 6 s
+/// to 5 min (`group.min.session.timeout.ms`, `group.max.session.timeout.ms`).
+pub const DEFAULT_SESSION_TIMEOUT: &str = "10s";
+
 /// A consumer in group `group`, subscribed to `topic`, committing offsets
-/// itself (after the database).
-pub fn consumer(brokers: &str, group: &str, topic: &str) -> anyhow::Result<StreamConsumer> {
+/// itself (after the database). `session_timeout` is how long the group
+/// waits for a consumer that went silent (crashed) before it rebalances
+/// without it.
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    session_timeout: Duration,
+) -> anyhow::Result<StreamConsumer> {
     let mut config = ClientConfig::new();
     // librdkafka's own debug contexts (e.g. KAFKA_DEBUG=cgrp), when asked for.
     if let Ok(contexts) = std::env::var("KAFKA_DEBUG") {
@@ -87,7 +103,15 @@ pub fn consumer(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Strea
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "50")
-        .set("session.timeout.ms", "10000")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        // Three heartbeats per session, as librdkafka's defaults have it.
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout.as_millis() / 3).max(100).to_string(),
+        )
         // Static membership (KIP-345): a restarted instance takes its
         // predecessor's place at once instead of waiting for the broker to
         // notice the old session died.
@@ -106,6 +130,36 @@ pub fn stats_json(s: &outbox::kafka::ConsumerStats) -> serde_json::Value {
         "parked": s.parked.load(Relaxed),
         "retries": s.retries.load(Relaxed),
     })
+}
+
+/// The HTTP routes both services share: `GET /healthz` (the process is
+/// up), `GET /ready` (200 once its consumer has partitions assigned, so it
+/// has joined its group and will receive messages; 503 before) and
+/// `GET /stats` (the consumer's counters, [`stats_json`]).
+pub fn probes<H: Handler + 'static>(consumer: Arc<InboxConsumer<H>>) -> Router {
+    let stats = consumer.stats();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/ready",
+            get(move || {
+                let assigned = consumer.assigned_partitions();
+                async move {
+                    if assigned > 0 {
+                        (StatusCode::OK, format!("consuming {assigned} partitions\n"))
+                    } else {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "waiting for the consumer group to assign partitions\n".into(),
+                        )
+                    }
+                }
+            }),
+        )
+        .route(
+            "/stats",
+            get(move || async move { Json(stats_json(&stats)) }),
+        )
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

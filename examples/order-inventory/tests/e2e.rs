@@ -2,13 +2,24 @@
 //! starts a broker, both services, both relays, places orders against
 //! stock too small for all of them, SIGKILLs the inventory service and the
 //! order relay mid-run and restarts them, then checks every invariant and
-//! exits non-zero if one fails.
+//! exits non-zero if one fails. Once on tansu (a broker that is its own
+//! program, with its own group coordinator) and once on librdkafka's mock
+//! cluster, the demo's default.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 #[test]
-fn converges_through_crashes() {
+fn converges_through_crashes_on_tansu() {
+    converges_through_crashes("tansu");
+}
+
+#[test]
+fn converges_through_crashes_on_the_mock_cluster() {
+    converges_through_crashes("mock");
+}
+
+fn converges_through_crashes(broker: &str) {
     let demo = PathBuf::from(env!("CARGO_BIN_EXE_order-inventory-demo"));
     let relay = demo.with_file_name("outbox-relay");
     assert!(
@@ -16,8 +27,10 @@ fn converges_through_crashes() {
         "{} is missing: build it first (cargo build -p outbox-relay, or run the whole workspace's tests)",
         relay.display()
     );
-    let run_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("order-inventory-e2e-{}", std::process::id()));
+    let run_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "order-inventory-e2e-{broker}-{}",
+        std::process::id()
+    ));
     let status = Command::new(&demo)
         .args([
             "--orders",
@@ -33,6 +46,8 @@ fn converges_through_crashes() {
             "90s",
             "--duplicates",
             "20",
+            "--broker",
+            broker,
         ])
         .arg("--tansu-bin")
         .arg(outbox_testkit::tansu_bin())
@@ -68,6 +83,10 @@ fn converges_through_crashes() {
         "both crashes happened:\n{report}"
     );
     assert!(!report.contains("**NO**"), "{report}");
+    assert!(
+        report.contains("| order confirmed or cancelled |"),
+        "the report gives the latency:\n{report}"
+    );
     let count = |label: &str| -> usize {
         let line = report
             .lines()

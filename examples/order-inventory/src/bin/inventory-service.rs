@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use order_inventory::*;
-use outbox::kafka::{ConsumerStats, Handler, HandlerError, InboxConsumer, Received};
+use outbox::kafka::{Handler, HandlerError, InboxConsumer, Received};
 use outbox::{Message, Outbox};
 use sqlx::{PgConnection, PgPool};
 
@@ -27,12 +28,14 @@ struct Args {
     /// HTTP address (stock and consumer statistics).
     #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:8081")]
     http_listen: SocketAddr,
+    /// Consumer-group session timeout (see `order_inventory::consumer`).
+    #[arg(long, env = "SESSION_TIMEOUT", default_value = DEFAULT_SESSION_TIMEOUT, value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
 }
 
 #[derive(Clone)]
 struct App {
     pool: PgPool,
-    stats: Arc<ConsumerStats>,
 }
 
 #[tokio::main]
@@ -40,23 +43,24 @@ async fn main() -> anyhow::Result<()> {
     init_logs();
     let args = Args::parse();
     let pool = connect(&args.database_url, &MIGRATIONS).await?;
-    let orders = InboxConsumer::new(
+    let orders = Arc::new(InboxConsumer::new(
         pool.clone(),
-        consumer(&args.brokers, "inventory-service", ORDER_EVENTS)?,
+        consumer(
+            &args.brokers,
+            "inventory-service",
+            ORDER_EVENTS,
+            args.session_timeout,
+        )?,
         "inventory-service",
         Reserve {
             outbox: Outbox::new(),
         },
-    );
-    let app = App {
-        pool,
-        stats: orders.stats(),
-    };
+    ));
+    let app = App { pool };
     let router = Router::new()
         .route("/stock", get(stock))
-        .route("/stats", get(stats))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(app);
+        .with_state(app)
+        .merge(probes(orders.clone()));
     let listener = tokio::net::TcpListener::bind(args.http_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "inventory service listening");
     let http = tokio::spawn(async move { axum::serve(listener, router).await });
@@ -74,10 +78,6 @@ async fn stock(State(app): State<App>) -> Json<serde_json::Value> {
         .into_iter()
         .collect::<std::collections::BTreeMap<_, _>>(
     )))
-}
-
-async fn stats(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(stats_json(&app.stats))
 }
 
 /// Step 2 on the inventory side.

@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
 use order_inventory::*;
-use outbox::kafka::{ConsumerStats, Handler, HandlerError, InboxConsumer, Received};
+use outbox::kafka::{Handler, HandlerError, InboxConsumer, Received};
 use outbox::{Message, Outbox};
 use serde::Deserialize;
 use sqlx::{PgConnection, PgPool, Row};
@@ -35,13 +35,15 @@ struct Args {
     /// HTTP address.
     #[arg(long, env = "HTTP_LISTEN", default_value = "127.0.0.1:8080")]
     http_listen: SocketAddr,
+    /// Consumer-group session timeout (see `order_inventory::consumer`).
+    #[arg(long, env = "SESSION_TIMEOUT", default_value = DEFAULT_SESSION_TIMEOUT, value_parser = humantime::parse_duration)]
+    session_timeout: Duration,
 }
 
 #[derive(Clone)]
 struct App {
     pool: PgPool,
     outbox: Outbox,
-    stats: Arc<ConsumerStats>,
 }
 
 #[derive(Deserialize)]
@@ -55,23 +57,26 @@ async fn main() -> anyhow::Result<()> {
     init_logs();
     let args = Args::parse();
     let pool = connect(&args.database_url, &MIGRATIONS).await?;
-    let replies = InboxConsumer::new(
+    let replies = Arc::new(InboxConsumer::new(
         pool.clone(),
-        consumer(&args.brokers, "order-service", INVENTORY_EVENTS)?,
+        consumer(
+            &args.brokers,
+            "order-service",
+            INVENTORY_EVENTS,
+            args.session_timeout,
+        )?,
         "order-service",
         Replies,
-    );
+    ));
     let app = App {
         pool,
         outbox: Outbox::new(),
-        stats: replies.stats(),
     };
     let router = Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
-        .route("/stats", get(stats))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(app);
+        .with_state(app)
+        .merge(probes(replies.clone()));
     let listener = tokio::net::TcpListener::bind(args.http_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "order service listening");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -160,10 +165,6 @@ async fn get_order(
         "status": row.get::<String, _>("status"),
         "reason": row.get::<Option<String>, _>("reason"),
     })))
-}
-
-async fn stats(State(app): State<App>) -> Json<serde_json::Value> {
-    Json(stats_json(&app.stats))
 }
 
 /// Step 3 and 4 on the order side: the inventory's decision confirms the

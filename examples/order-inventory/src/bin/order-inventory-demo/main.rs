@@ -1,27 +1,33 @@
 //! Runs the whole order/inventory flow on this machine and checks that it
-//! converged: a tansu broker, both services with their own databases, one
-//! outbox-relay per service, a few hundred orders against limited stock,
+//! converged: a Kafka-protocol broker (librdkafka's mock cluster hosted
+//! here by default, tansu, or a cluster of your own), both services with
+//! their own databases, one outbox-relay per service, a few hundred
+//! orders against limited stock,
 //! optionally with crashes (`--chaos`: the inventory service and the order
 //! service's relay are SIGKILLed mid-run and restarted). Prints live
 //! progress, then a consistency report; exits non-zero if an invariant
 //! fails.
 
+mod broker;
 mod check;
 mod clients;
+mod latency;
 mod stack;
 mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use order_inventory::{INVENTORY_EVENTS, ORDER_EVENTS};
-use outbox_testkit::{free_port, http_get, Broker, ScratchDb};
+use order_inventory::ORDER_EVENTS;
+use outbox_testkit::{free_port, http_get, ScratchDb};
 
+use broker::{BrokerKind, DemoBroker};
 use check::{check, status_counts};
-use stack::{stop, wait_healthy, Stack};
+use latency::{since_placed, Milestones};
+use stack::{stop, wait_for_path, Stack};
 use wire::replay_records;
 
 #[derive(Parser)]
@@ -59,9 +65,27 @@ struct Args {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     admin_url: String,
-    /// The tansu broker binary.
+    /// The broker to start: `mock` (librdkafka's mock Kafka cluster,
+    /// hosted by this program: nothing to install) or `tansu` (the tansu
+    /// broker, `--tansu-bin`).
+    #[arg(long, value_enum, default_value = "mock")]
+    broker: BrokerKind,
+    /// Use a Kafka cluster of your own instead (`HOST:PORT,...`: Apache
+    /// Kafka, Redpanda, tansu); the topics are created if missing, with 6
+    /// partitions. Overrides `--broker`.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The tansu broker binary (`--broker tansu`).
     #[arg(long, env = "TANSU_BIN", default_value = "tansu")]
     tansu_bin: PathBuf,
+    /// The services' consumer-group session timeout: how long the group
+    /// waits for a crashed consumer. Default: 3s on the mock cluster,
+    /// which, unlike Apache Kafka, does not let a restarted consumer take
+    /// its predecessor's place (static membership) and rebalances after
+    /// the session timeout instead; 10s elsewhere (Apache Kafka refuses
+    /// less than 6s by default).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    session_timeout: Option<Duration>,
     /// Folder of the outbox-relay, order-service and inventory-service
     /// binaries. Default: this program's own folder.
     #[arg(long)]
@@ -122,38 +146,55 @@ async fn run(
     inventory_db: &ScratchDb,
     started: Instant,
 ) -> anyhow::Result<()> {
-    // Broker.
-    let tansu = Broker::builder()
-        .bin(&args.tansu_bin)
-        .data_dir(dir.join("tansu"))
-        .log_file(dir.join("tansu.log"))
-        // tansu logs every request at RUST_LOG=info; keep it quiet.
-        .env_remove("RUST_LOG")
-        .start_timeout(Duration::from_secs(20))
-        .start()
-        .await?;
-    let brokers = tansu.addr();
-    for topic in [ORDER_EVENTS, INVENTORY_EVENTS] {
-        tansu.create_topic(topic, 6).await?;
-    }
+    let broker = DemoBroker::start(args, dir).await?;
+    let brokers = broker.addr();
+    println!("broker: {}", broker.describe());
+    let session_timeout = args.session_timeout.unwrap_or(match broker {
+        DemoBroker::Mock(_) => Duration::from_secs(3),
+        _ => Duration::from_secs(10),
+    });
 
     let (orders_url, inventory_url) = (orders_db.url().to_owned(), inventory_db.url().to_owned());
     let stack = Stack {
         dir: dir.to_owned(),
         bin_dir: bin_dir.to_owned(),
         brokers: brokers.clone(),
+        session_timeout,
         orders_url: orders_url.clone(),
         inventory_url: inventory_url.clone(),
         order_http: format!("127.0.0.1:{}", free_port()?),
         inventory_http: format!("127.0.0.1:{}", free_port()?),
+        order_relay_http: format!("127.0.0.1:{}", free_port()?),
+        inventory_relay_http: format!("127.0.0.1:{}", free_port()?),
     };
+    // Everything starts at once; orders are placed once both consumers
+    // have joined their groups and both relays are up, as they would be
+    // in a deployment that has been running.
     let mut order_service = stack.order_service()?;
     let mut inventory_service = stack.inventory_service()?;
+    let mut order_relay = stack.order_relay()?;
+    let mut inventory_relay = stack.inventory_relay()?;
     let ready = Duration::from_secs(60);
-    wait_healthy(&stack.order_http, ready, &mut order_service).await?;
-    wait_healthy(&stack.inventory_http, ready, &mut inventory_service).await?;
-    let mut order_relay = stack.relay("order-relay", &orders_url)?;
-    let mut inventory_relay = stack.relay("inventory-relay", &inventory_url)?;
+    tokio::try_join!(
+        wait_for_path(&stack.order_http, "/ready", ready, &mut order_service),
+        wait_for_path(
+            &stack.inventory_http,
+            "/ready",
+            ready,
+            &mut inventory_service
+        ),
+        wait_for_path(&stack.order_relay_http, "/healthz", ready, &mut order_relay),
+        wait_for_path(
+            &stack.inventory_relay_http,
+            "/healthz",
+            ready,
+            &mut inventory_relay
+        ),
+    )?;
+    println!(
+        "services and relays ready after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     let orders_pool = orders_db.pool().clone();
     let inventory_pool = inventory_db.pool().clone();
@@ -166,9 +207,10 @@ async fn run(
             .await?;
     }
     println!(
-        "placing {} orders ({} clients) against {} products x {} in stock{}",
+        "placing {} orders ({} clients, {}/s) against {} products x {} in stock{}",
         args.orders,
         args.concurrency,
+        args.rate,
         args.skus,
         args.stock,
         if args.chaos { ", with crashes" } else { "" }
@@ -180,11 +222,14 @@ async fn run(
     // Progress, crashes, convergence.
     let mut killed_inventory = false;
     let mut killed_relay = false;
-    let mut placed_at: Option<Instant> = None;
+    let mut all_placed = false;
     let mut crash_log = Vec::new();
-    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut last_line = Instant::now();
-    let converged_at = loop {
+    // When each crashed process was started again (wall clock, to set
+    // beside the databases' timestamps), and when the first crash came.
+    let mut restarts: Vec<(&str, SystemTime)> = Vec::new();
+    let mut first_crash: Option<SystemTime> = None;
+    let mut progress = Progress::new(args.orders, started);
+    let deadline = loop {
         for p in [
             &mut order_service,
             &mut inventory_service,
@@ -195,70 +240,63 @@ async fn run(
         }
         let n = placed.load(Ordering::SeqCst);
         let counts = status_counts(&orders_pool).await.unwrap_or_default();
-        let pending = counts.get("PENDING").copied().unwrap_or(0);
-        let line = format!(
-            "  placed {n:>4}/{}  confirmed {:>4}  cancelled {:>4}  pending {:>4}  {:>5.1}s ",
-            args.orders,
-            counts.get("CONFIRMED").copied().unwrap_or(0),
-            counts.get("CANCELLED").copied().unwrap_or(0),
-            pending,
-            started.elapsed().as_secs_f64()
-        );
-        if interactive {
-            use std::io::Write;
-            print!("\r{line}");
-            let _ = std::io::stdout().flush();
-        } else if last_line.elapsed() >= Duration::from_secs(2) {
-            println!("{line}");
-            last_line = Instant::now();
-        }
+        progress.show(n, &counts, false);
 
         if args.chaos && !killed_inventory && n >= args.orders / 3 {
             inventory_service.kill();
+            first_crash.get_or_insert_with(SystemTime::now);
             crash_log.push(format!("SIGKILL inventory-service after {n} orders placed"));
-            println!("\n  SIGKILL inventory-service; restarting it in 2s");
+            progress.say("SIGKILL inventory-service; restarting it in 2s");
             tokio::time::sleep(Duration::from_secs(2)).await;
             inventory_service = stack.inventory_service()?;
+            restarts.push(("inventory-service", SystemTime::now()));
             killed_inventory = true;
         }
         if args.chaos && !killed_relay && n >= args.orders * 2 / 3 {
             order_relay.kill();
+            first_crash.get_or_insert_with(SystemTime::now);
             crash_log.push(format!("SIGKILL order-relay after {n} orders placed"));
-            println!("\n  SIGKILL order-relay; restarting it in 1s");
+            progress.say("SIGKILL order-relay; restarting it in 1s");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            order_relay = stack.relay("order-relay", &orders_url)?;
+            order_relay = stack.order_relay()?;
+            restarts.push(("order-relay", SystemTime::now()));
             killed_relay = true;
         }
-        if n >= args.orders && placed_at.is_none() {
-            placed_at = Some(Instant::now());
+        if n >= args.orders && !all_placed {
+            all_placed = true;
             if args.duplicates > 0 {
                 let copied = replay_records(&brokers, ORDER_EVENTS, args.duplicates).await?;
                 crash_log.push(format!(
                     "re-sent {copied} OrderPlaced records already delivered"
                 ));
-                println!("\n  re-sent {copied} OrderPlaced records already delivered");
+                progress.say(&format!(
+                    "re-sent {copied} OrderPlaced records already delivered"
+                ));
             }
         }
-        if let Some(at) = placed_at {
+        if all_placed {
+            let pending = counts.get("PENDING").copied().unwrap_or(0);
             if pending == 0 && counts.values().sum::<i64>() as usize == args.orders {
-                break Instant::now();
+                // The last line shows the final counts.
+                progress.show(n, &counts, true);
+                break None;
             }
-            if at.elapsed() > args.timeout {
-                println!();
-                bail!(
-                    "not converged {:?} after the last order; logs in {}",
-                    args.timeout,
-                    dir.display()
-                );
+            if progress.since_all_placed() > args.timeout {
+                progress.show(n, &counts, true);
+                break Some(args.timeout);
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    println!();
+    if let Some(timeout) = deadline {
+        bail!(
+            "not converged {timeout:?} after the last order; logs in {}",
+            dir.display()
+        );
+    }
     for c in clients {
         c.await?;
     }
-    let converge = converged_at - placed_at.expect("all placed");
 
     // Stop gracefully, then check.
     let stats_orders = http_get(&stack.order_http, "/stats")
@@ -275,16 +313,15 @@ async fn run(
     stop(&mut inventory_service).await;
 
     let report = check(args, &orders_pool, &inventory_pool, &skus, &brokers).await?;
+    let timings = latency::milestones(&orders_pool, &inventory_pool).await?;
     let mut text = String::new();
     text.push_str("# order/inventory consistency report\n\n");
+    text.push_str(&format!("- broker: {}\n", broker.describe()));
     text.push_str(&format!(
         "- orders: {} placed, {} confirmed, {} cancelled\n",
         args.orders, report.confirmed, report.cancelled
     ));
-    text.push_str(&format!(
-        "- time from last order to convergence: {:.2}s\n",
-        converge.as_secs_f64()
-    ));
+    text.push_str(&speed(&timings, &restarts));
     text.push_str(&format!(
         "- whole run: {:.1}s\n",
         started.elapsed().as_secs_f64()
@@ -299,6 +336,7 @@ async fn run(
         report.records - report.distinct
     ));
     text.push_str(&format!("- consumer stats (live processes): order-service {stats_orders}, inventory-service {stats_inventory}\n"));
+    text.push_str(&latency_table(&timings, first_crash));
     text.push_str("\n| invariant | holds |\n| --- | --- |\n");
     for (name, ok, detail) in &report.invariants {
         text.push_str(&format!(
@@ -318,4 +356,152 @@ async fn run(
         bail!("invariants failed: {}", failed.join("; "));
     }
     Ok(())
+}
+
+/// Seconds since the Unix epoch, the unit of the databases' timestamps
+/// in [`Milestones`].
+fn epoch_secs(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The report's lines on how soon the flow answered: the first decision
+/// after the first order, and the last decision after the last order
+/// (and after each restart that came later than the last order, which
+/// the flow could not have beaten).
+fn speed(
+    timings: &std::collections::HashMap<uuid::Uuid, Milestones>,
+    restarts: &[(&str, SystemTime)],
+) -> String {
+    let placed = || timings.values().map(|m| m.placed);
+    let decided = || timings.values().filter_map(|m| m.decided);
+    let (Some(first_placed), Some(first_decided)) = (
+        placed().min_by(f64::total_cmp),
+        decided().min_by(f64::total_cmp),
+    ) else {
+        return String::new();
+    };
+    let last_placed = placed().max_by(f64::total_cmp).unwrap_or(first_placed);
+    let last_decided = decided().max_by(f64::total_cmp).unwrap_or(first_decided);
+    let mut text = format!(
+        "- first order decided {:.0} ms after the first was placed\n- last order decided {:.2}s after the last was placed\n",
+        (first_decided - first_placed) * 1000.0,
+        last_decided - last_placed
+    );
+    for (what, at) in restarts {
+        text.push_str(&format!(
+            "- last order decided {:.2}s after {what} was restarted\n",
+            last_decided - epoch_secs(*at)
+        ));
+    }
+    text
+}
+
+/// The report's latency table: each milestone's time since the order was
+/// placed, over all orders, and over those decided before the first crash
+/// (the flow's pace with nothing down; orders caught in a crash wait for
+/// the restart).
+fn latency_table(
+    timings: &std::collections::HashMap<uuid::Uuid, Milestones>,
+    first_crash: Option<SystemTime>,
+) -> String {
+    let mut text = String::from(
+        "\n| time since the order was placed (ms) | p50 | p99 | max |\n| --- | --- | --- | --- |\n",
+    );
+    type Pick = fn(&Milestones) -> Option<f64>;
+    let rows: [(&str, Pick); 4] = [
+        ("OrderPlaced published (broker acknowledged)", |m| {
+            m.published
+        }),
+        ("stock reserved or rejected by inventory", |m| m.consumed),
+        ("reply published", |m| m.replied),
+        ("order confirmed or cancelled", |m| m.decided),
+    ];
+    for (name, pick) in rows {
+        if let Some(s) = since_placed(timings.values(), pick) {
+            text.push_str(&format!("| {name} | {} |\n", s.cells()));
+        }
+    }
+    if let Some(crash) = first_crash {
+        let before = epoch_secs(crash);
+        let calm = since_placed(
+            timings
+                .values()
+                .filter(|m| m.decided.is_some_and(|d| d < before)),
+            |m| m.decided,
+        );
+        if let Some(s) = calm {
+            text.push_str(&format!(
+                "| order confirmed or cancelled, the {} orders decided before the first crash | {} |\n",
+                s.n,
+                s.cells()
+            ));
+        }
+    }
+    text
+}
+
+/// The live progress line: rewritten in place on a terminal, printed
+/// every 2 s otherwise; always printed once more with the final counts.
+struct Progress {
+    orders: usize,
+    started: Instant,
+    interactive: bool,
+    last_line: Option<Instant>,
+    all_placed: Option<Instant>,
+}
+
+impl Progress {
+    fn new(orders: usize, started: Instant) -> Self {
+        Progress {
+            orders,
+            started,
+            interactive: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            last_line: None,
+            all_placed: None,
+        }
+    }
+
+    fn show(&mut self, placed: usize, counts: &std::collections::HashMap<String, i64>, last: bool) {
+        if placed >= self.orders {
+            self.all_placed.get_or_insert_with(Instant::now);
+        }
+        let count = |s: &str| counts.get(s).copied().unwrap_or(0);
+        let line = format!(
+            "  placed {placed:>4}/{}  confirmed {:>4}  cancelled {:>4}  pending {:>4}  {:>5.1}s ",
+            self.orders,
+            count("CONFIRMED"),
+            count("CANCELLED"),
+            count("PENDING"),
+            self.started.elapsed().as_secs_f64()
+        );
+        if self.interactive {
+            use std::io::Write;
+            print!("\r{line}");
+            if last {
+                println!();
+            }
+            let _ = std::io::stdout().flush();
+        } else if last
+            || self
+                .last_line
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(2))
+        {
+            println!("{line}");
+            self.last_line = Some(Instant::now());
+        }
+    }
+
+    /// A line of its own between progress lines.
+    fn say(&self, what: &str) {
+        if self.interactive {
+            println!();
+        }
+        println!("  {what}");
+    }
+
+    /// How long ago the last order was placed (zero before that).
+    fn since_all_placed(&self) -> Duration {
+        self.all_placed.map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }

@@ -8,19 +8,20 @@ use std::time::Duration;
 
 use outbox_testkit::{http_get, wait_for, ChildGuard, LogMode};
 
-/// Waits (`deadline` at most) until `GET http://ADDR/healthz` answers
-/// 200, failing early if `proc` exits.
-pub async fn wait_healthy(
+/// Waits (`deadline` at most) until `GET http://ADDR/PATH` answers 200,
+/// failing early if `proc` exits.
+pub async fn wait_for_path(
     addr: &str,
+    path: &str,
     deadline: Duration,
     proc: &mut ChildGuard,
 ) -> anyhow::Result<()> {
-    let what = format!("http://{addr}/healthz to answer 200");
+    let what = format!("http://{addr}{path} ({}) to answer 200", proc.name());
     wait_for(&what, deadline, || {
         let alive = proc.check_alive();
         async move {
             alive?;
-            let ok = matches!(http_get(addr, "/healthz").await, Ok((200, _)));
+            let ok = matches!(http_get(addr, path).await, Ok((200, _)));
             Ok::<_, anyhow::Error>(ok.then_some(()))
         }
     })
@@ -44,16 +45,33 @@ pub struct Stack {
     pub dir: PathBuf,
     pub bin_dir: PathBuf,
     pub brokers: String,
+    pub session_timeout: Duration,
     pub orders_url: String,
     pub inventory_url: String,
     pub order_http: String,
     pub inventory_http: String,
+    pub order_relay_http: String,
+    pub inventory_relay_http: String,
 }
 
 impl Stack {
+    /// Starts the order service's relay.
+    pub fn order_relay(&self) -> anyhow::Result<ChildGuard> {
+        self.relay("order-relay", &self.orders_url, &self.order_relay_http)
+    }
+
+    /// Starts the inventory service's relay.
+    pub fn inventory_relay(&self) -> anyhow::Result<ChildGuard> {
+        self.relay(
+            "inventory-relay",
+            &self.inventory_url,
+            &self.inventory_relay_http,
+        )
+    }
+
     /// Starts the relay `which` (its config file, `config/WHICH.toml`) on
-    /// the database at `db`.
-    pub fn relay(&self, which: &'static str, db: &str) -> anyhow::Result<ChildGuard> {
+    /// the database at `db`, serving `/healthz` on `http`.
+    fn relay(&self, which: &'static str, db: &str, http: &str) -> anyhow::Result<ChildGuard> {
         // The same config files docker-compose.yml uses; only the addresses differ.
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/{which}.toml"));
         let mut cmd = Command::new(self.bin_dir.join("outbox-relay"));
@@ -63,7 +81,7 @@ impl Stack {
             "--brokers",
             &self.brokers,
             "--http-listen",
-            "127.0.0.1:0",
+            http,
         ]);
         spawn(which, cmd, &self.dir)
     }
@@ -77,7 +95,9 @@ impl Stack {
             "--brokers",
             &self.brokers,
         ])
-        .args(["--http-listen", &self.order_http]);
+        .args(["--http-listen", &self.order_http])
+        .arg("--session-timeout")
+        .arg(humantime::format_duration(self.session_timeout).to_string());
         spawn("order-service", cmd, &self.dir)
     }
 
@@ -90,7 +110,9 @@ impl Stack {
             "--brokers",
             &self.brokers,
         ])
-        .args(["--http-listen", &self.inventory_http]);
+        .args(["--http-listen", &self.inventory_http])
+        .arg("--session-timeout")
+        .arg(humantime::format_duration(self.session_timeout).to_string());
         spawn("inventory-service", cmd, &self.dir)
     }
 }
