@@ -27,7 +27,7 @@ apt_install() {
     return 1
   fi
   log "installing $what with apt-get ($*)"
-  as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+  as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@"
 }
 
 # The newest PostgreSQL cluster's version folder under /etc/postgresql.

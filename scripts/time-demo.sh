@@ -30,5 +30,5 @@ set -e
 total=$((SECONDS - start))
 took() { sed -E 's/\x1b\[[0-9;]*m//g' "$log" | sed -nE "s/^==> $1 took ([0-9]+)s$/\\1/p" | tail -n1; }
 echo
-echo "clone -> report: ${total}s (clone ${clone}s, install $(took install)s, build $(took build)s, run $(took run)s; profile ${DEMO_PROFILE:-demo's default}; demo exit $status)"
+echo "clone -> report: ${total}s (clone ${clone}s, install $(took install)s, build $(took build)s, run $(took run)s; profile ${DEMO_PROFILE:-default}; demo exit $status)"
 exit "$status"
