@@ -172,8 +172,8 @@ mod tests {
         })
         .unwrap();
         let refused = mock.apply(MockOp::SetLeader {
-            topic: "missing".into(),
-            partition: 0,
+            topic: "a".into(),
+            partition: 99,
             broker: 2,
         });
         assert!(matches!(refused, Err(Error::Mock(_))), "{refused:?}");
