@@ -28,6 +28,36 @@ pub const ORDER_EVENTS: &str = "order-events";
 /// Topic of the inventory service's events.
 pub const INVENTORY_EVENTS: &str = "inventory-events";
 
+/// The topics and consumer groups of one deployment of the flow. A
+/// prefix (the services' `--topic-prefix`) keeps two runs on one Kafka
+/// cluster apart: each has its own topics and groups, so neither reads
+/// the other's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    /// The order service's events ([`ORDER_EVENTS`], prefixed).
+    pub order_events: String,
+    /// The inventory service's events ([`INVENTORY_EVENTS`], prefixed).
+    pub inventory_events: String,
+    /// The prefix itself, for the consumer groups' names.
+    prefix: String,
+}
+
+impl Names {
+    /// The names with `prefix` in front (empty: the plain names).
+    pub fn with_prefix(prefix: &str) -> Self {
+        Names {
+            order_events: format!("{prefix}{ORDER_EVENTS}"),
+            inventory_events: format!("{prefix}{INVENTORY_EVENTS}"),
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The consumer group of `service`.
+    pub fn group(&self, service: &str) -> String {
+        format!("{}{service}", self.prefix)
+    }
+}
+
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {

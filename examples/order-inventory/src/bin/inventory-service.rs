@@ -31,6 +31,10 @@ struct Args {
     /// Consumer-group session timeout (see `order_inventory::consumer`).
     #[arg(long, env = "SESSION_TIMEOUT", default_value = DEFAULT_SESSION_TIMEOUT, value_parser = humantime::parse_duration)]
     session_timeout: Duration,
+    /// Put in front of the topics' and consumer groups' names, so that
+    /// several runs can share one Kafka cluster.
+    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
 }
 
 #[derive(Clone)]
@@ -43,17 +47,19 @@ async fn main() -> anyhow::Result<()> {
     init_logs();
     let args = Args::parse();
     let pool = connect(&args.database_url, &MIGRATIONS).await?;
+    let names = Names::with_prefix(&args.topic_prefix);
     let orders = Arc::new(InboxConsumer::new(
         pool.clone(),
         consumer(
             &args.brokers,
-            "inventory-service",
-            ORDER_EVENTS,
+            &names.group("inventory-service"),
+            &names.order_events,
             args.session_timeout,
         )?,
         "inventory-service",
         Reserve {
             outbox: Outbox::new(),
+            replies: names.inventory_events.clone(),
         },
     ));
     let app = App { pool };
@@ -83,6 +89,8 @@ async fn stock(State(app): State<App>) -> Json<serde_json::Value> {
 /// Step 2 on the inventory side.
 struct Reserve {
     outbox: Outbox,
+    /// The topic of the replies.
+    replies: String,
 }
 
 impl Handler for Reserve {
@@ -155,7 +163,7 @@ impl Handler for Reserve {
         self.outbox
             .enqueue(
                 &mut *tx,
-                Message::json(INVENTORY_EVENTS, &reply)?
+                Message::json(&self.replies, &reply)?
                     .key(order.order_id.to_string())
                     .message_type(message_type),
             )

@@ -38,12 +38,18 @@ struct Args {
     /// Consumer-group session timeout (see `order_inventory::consumer`).
     #[arg(long, env = "SESSION_TIMEOUT", default_value = DEFAULT_SESSION_TIMEOUT, value_parser = humantime::parse_duration)]
     session_timeout: Duration,
+    /// Put in front of the topics' and consumer groups' names, so that
+    /// several runs can share one Kafka cluster.
+    #[arg(long, env = "TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
 }
 
 #[derive(Clone)]
 struct App {
     pool: PgPool,
     outbox: Outbox,
+    /// Where `OrderPlaced` goes.
+    orders_topic: String,
 }
 
 #[derive(Deserialize)]
@@ -57,12 +63,13 @@ async fn main() -> anyhow::Result<()> {
     init_logs();
     let args = Args::parse();
     let pool = connect(&args.database_url, &MIGRATIONS).await?;
+    let names = Names::with_prefix(&args.topic_prefix);
     let replies = Arc::new(InboxConsumer::new(
         pool.clone(),
         consumer(
             &args.brokers,
-            "order-service",
-            INVENTORY_EVENTS,
+            &names.group("order-service"),
+            &names.inventory_events,
             args.session_timeout,
         )?,
         "order-service",
@@ -71,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
     let app = App {
         pool,
         outbox: Outbox::new(),
+        orders_topic: names.order_events.clone(),
     };
     let router = Router::new()
         .route("/orders", post(place_order))
@@ -118,7 +126,7 @@ async fn place_order(
     let id = Uuid::now_v7();
     let mut tx = app.pool.begin().await.map_err(|e| internal(&e))?;
     let message = Message::json(
-        ORDER_EVENTS,
+        &app.orders_topic,
         &OrderPlaced {
             order_id: id,
             items: order.items.clone(),

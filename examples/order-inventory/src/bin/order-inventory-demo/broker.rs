@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use order_inventory::{INVENTORY_EVENTS, ORDER_EVENTS};
+use order_inventory::Names;
 use outbox_testkit::{kafka, Broker, MockBroker};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -40,9 +40,9 @@ pub enum DemoBroker {
 
 impl DemoBroker {
     /// Starts (or, with `--brokers`, reaches) the broker and makes sure
-    /// both topics exist with [`PARTITIONS`] partitions.
-    pub async fn start(args: &Args, dir: &Path) -> anyhow::Result<Self> {
-        let topics = [ORDER_EVENTS, INVENTORY_EVENTS];
+    /// both topics of `names` exist with [`PARTITIONS`] partitions.
+    pub async fn start(args: &Args, dir: &Path, names: &Names) -> anyhow::Result<Self> {
+        let topics = [names.order_events.as_str(), names.inventory_events.as_str()];
         let broker = if let Some(brokers) = &args.brokers {
             kafka::wait_for_metadata(brokers, Duration::from_secs(30))
                 .await

@@ -35,6 +35,7 @@ pub async fn check(
     inventory: &PgPool,
     skus: &[String],
     brokers: &str,
+    names: &order_inventory::Names,
 ) -> anyhow::Result<Report> {
     let mut inv = Vec::new();
     let counts = status_counts(orders).await?;
@@ -133,7 +134,7 @@ pub async fn check(
         format!("({})", parked + parked_inv),
     ));
 
-    let (records, distinct) = wire_counts(brokers)?;
+    let (records, distinct) = wire_counts(brokers, names)?;
     Ok(Report {
         confirmed,
         cancelled,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use order_inventory::ORDER_EVENTS;
+use order_inventory::Names;
 use outbox_testkit::{free_port, http_get, ScratchDb};
 
 use broker::{BrokerKind, DemoBroker};
@@ -71,8 +71,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "mock")]
     broker: BrokerKind,
     /// Use a Kafka cluster of your own instead (`HOST:PORT,...`: Apache
-    /// Kafka, Redpanda, tansu); the topics are created if missing, with 6
-    /// partitions. Overrides `--broker`.
+    /// Kafka, Redpanda, tansu). Each run creates topics and consumer groups
+    /// of its own there (`demo-<run>-order-events`, ...; 6 partitions), so
+    /// runs never read each other's records. Overrides `--broker`.
     #[arg(long)]
     brokers: Option<String>,
     /// The tansu broker binary (`--broker tansu`).
@@ -146,7 +147,17 @@ async fn run(
     inventory_db: &ScratchDb,
     started: Instant,
 ) -> anyhow::Result<()> {
-    let broker = DemoBroker::start(args, dir).await?;
+    // A cluster of the user's may hold earlier runs' topics: this run
+    // gets its own, as the mock cluster and tansu give it anyway.
+    let prefix = match &args.brokers {
+        Some(_) => format!(
+            "demo-{}-",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("run")
+        ),
+        None => String::new(),
+    };
+    let names = Names::with_prefix(&prefix);
+    let broker = DemoBroker::start(args, dir, &names).await?;
     let brokers = broker.addr();
     println!("broker: {}", broker.describe());
     let session_timeout = args.session_timeout.unwrap_or(match broker {
@@ -160,6 +171,7 @@ async fn run(
         bin_dir: bin_dir.to_owned(),
         brokers: brokers.clone(),
         session_timeout,
+        topic_prefix: prefix.clone(),
         orders_url: orders_url.clone(),
         inventory_url: inventory_url.clone(),
         order_http: format!("127.0.0.1:{}", free_port()?),
@@ -275,7 +287,7 @@ async fn run(
         if n >= args.orders && !all_placed {
             all_placed = true;
             if args.duplicates > 0 {
-                let copied = replay_records(&brokers, ORDER_EVENTS, args.duplicates).await?;
+                let copied = replay_records(&brokers, &names.order_events, args.duplicates).await?;
                 crash_log.push(format!(
                     "re-sent {copied} OrderPlaced records already delivered"
                 ));
@@ -322,7 +334,7 @@ async fn run(
     stop(&mut order_service).await;
     stop(&mut inventory_service).await;
 
-    let report = check(args, &orders_pool, &inventory_pool, &skus, &brokers).await?;
+    let report = check(args, &orders_pool, &inventory_pool, &skus, &brokers, &names).await?;
     let timings = latency::milestones(&orders_pool, &inventory_pool).await?;
     let mut text = String::new();
     text.push_str("# order/inventory consistency report\n\n");

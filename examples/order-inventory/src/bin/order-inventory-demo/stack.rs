@@ -46,6 +46,7 @@ pub struct Stack {
     pub bin_dir: PathBuf,
     pub brokers: String,
     pub session_timeout: Duration,
+    pub topic_prefix: String,
     pub orders_url: String,
     pub inventory_url: String,
     pub order_http: String,
@@ -97,7 +98,8 @@ impl Stack {
         ])
         .args(["--http-listen", &self.order_http])
         .arg("--session-timeout")
-        .arg(humantime::format_duration(self.session_timeout).to_string());
+        .arg(humantime::format_duration(self.session_timeout).to_string())
+        .args(["--topic-prefix", &self.topic_prefix]);
         spawn("order-service", cmd, &self.dir)
     }
 
@@ -112,7 +114,8 @@ impl Stack {
         ])
         .args(["--http-listen", &self.inventory_http])
         .arg("--session-timeout")
-        .arg(humantime::format_duration(self.session_timeout).to_string());
+        .arg(humantime::format_duration(self.session_timeout).to_string())
+        .args(["--topic-prefix", &self.topic_prefix]);
         spawn("inventory-service", cmd, &self.dir)
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use order_inventory::{INVENTORY_EVENTS, ORDER_EVENTS};
+use order_inventory::Names;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -136,8 +136,8 @@ pub async fn replay_records(brokers: &str, topic: &str, n: usize) -> anyhow::Res
 }
 
 /// Every record of both topics, and how many distinct outbox ids they carry.
-pub fn wire_counts(brokers: &str) -> anyhow::Result<(usize, usize)> {
-    let (consumer, ends) = read_all(brokers, &[ORDER_EVENTS, INVENTORY_EVENTS])?;
+pub fn wire_counts(brokers: &str, names: &Names) -> anyhow::Result<(usize, usize)> {
+    let (consumer, ends) = read_all(brokers, &[&names.order_events, &names.inventory_events])?;
     let mut ids = HashSet::new();
     let mut records = 0;
     drain(&consumer, ends, |m| {
