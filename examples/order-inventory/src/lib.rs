@@ -142,9 +142,10 @@ pub fn consumer(
             "heartbeat.interval.ms",
             (session_timeout.as_millis() / 3).max(100).to_string(),
         )
-        // Static membership (KIP-345): a restarted instance takes its
-        // predecessor's place at once instead of waiting for the broker to
-        // notice the old session died.
+        // Static membership (KIP-345): on Apache Kafka a restarted
+        // instance takes its predecessor's place at once instead of
+        // waiting for the broker to notice the old session died. The mock
+        // cluster and tansu rebalance instead (docs/demo.md).
         .set("group.instance.id", format!("{group}-1"))
         .create()?;
     c.subscribe(&[topic])?;
