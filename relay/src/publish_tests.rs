@@ -99,3 +99,19 @@ fn classifies_errors() {
         }
     );
 }
+
+#[test]
+fn a_delivery_without_an_offset_is_sent_again() {
+    assert_eq!(delivered(0, true), Outcome::Published);
+    assert_eq!(delivered(41, true), Outcome::Published);
+    assert!(
+        matches!(
+            delivered(-1001, true),
+            Outcome::Failed { permanent: false, ref error } if error.contains("-1001")
+        ),
+        "{:?}",
+        delivered(-1001, true)
+    );
+    // acks=0: the broker never answers with an offset.
+    assert_eq!(delivered(-1001, false), Outcome::Published);
+}
