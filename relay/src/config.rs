@@ -176,17 +176,28 @@ impl RelayConfig {
         }
     }
 
+    /// The user's value of a librdkafka setting known by any of `names`
+    /// (aliases); the last one given wins, as in librdkafka.
+    fn kafka_setting(&self, names: &[&str]) -> Option<&str> {
+        self.kafka
+            .iter()
+            .rev()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the broker answers each produce with the offset it stored
+    /// the record at: always, except with `acks=0`.
+    pub fn broker_reports_offsets(&self) -> bool {
+        self.kafka_setting(&["acks", "request.required.acks"]) != Some("0")
+    }
+
     /// The librdkafka `message.timeout.ms` in effect (the user's setting or
     /// the relay's default); `None` when messages never time out (`0`).
     pub fn message_timeout(&self) -> Result<Option<Duration>> {
-        let ms = match self
-            .kafka
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "message.timeout.ms")
-        {
+        let ms = match self.kafka_setting(&["message.timeout.ms"]) {
             None => return Ok(Some(DEFAULT_MESSAGE_TIMEOUT).filter(|t| !t.is_zero())),
-            Some((_, v)) => v.parse::<u64>().map_err(|_| {
+            Some(v) => v.parse::<u64>().map_err(|_| {
                 Error::config(
                     "kafka.message.timeout.ms",
                     format!("{v:?} is not a number of milliseconds (0: never)"),
@@ -422,5 +433,15 @@ mod tests {
         let mut c = ok();
         c.kafka.push(("message.timeout.ms".into(), "0".into()));
         assert_eq!(c.message_timeout().unwrap(), None);
+    }
+
+    #[test]
+    fn offsets_are_expected_unless_acks_is_zero() {
+        let mut c = ok();
+        assert!(c.broker_reports_offsets());
+        c.kafka.push(("request.required.acks".into(), "0".into()));
+        assert!(!c.broker_reports_offsets());
+        c.kafka.push(("acks".into(), "all".into()));
+        assert!(c.broker_reports_offsets(), "the last setting wins");
     }
 }

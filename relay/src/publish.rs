@@ -120,17 +120,10 @@ impl Publisher {
         let producer: FutureProducer<BrokerEvents> = client
             .create_with_context(events.clone())
             .map_err(|e| Error::Producer(producer_error(&e)))?;
-        // The last `acks` the user gave wins, as in librdkafka.
-        let acks = config
-            .kafka
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "acks" || k == "request.required.acks")
-            .map_or("all", |(_, v)| v.as_str());
         Ok(Publisher {
             producer,
             events,
-            needs_offset: acks != "0",
+            needs_offset: config.broker_reports_offsets(),
         })
     }
 
