@@ -2,16 +2,21 @@
 # What the outbox row costs a business transaction, statement by statement,
 # with pgbench (no relay, no broker): the order alone, plus a plain second
 # row (the floor), plus a row shaped like outbox.message with only a primary
-# key, plus the real outbox.message insert. Prints tps and the ratio to the
-# order alone. Uses its own database, outbox_pgbench, dropped afterwards.
+# key, plus the real outbox.message insert. The four run in turn, ROUNDS
+# times (so a busy moment hits all of them, not one), and each prints its
+# median tps with the spread, and the ratio to the order alone. The last
+# line is the target's: the outbox row against the plain row, the median of
+# the rounds' ratios. Uses its own database, outbox_pgbench, dropped
+# afterwards.
 #
-#   bash scripts/pgbench-row.sh [SECONDS] [CLIENTS]      # default 6 s, 16 clients
+#   bash scripts/pgbench-row.sh [SECONDS] [CLIENTS] [ROUNDS]   # default 6 s, 16 clients, 3 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_postgres
 secs=${1:-6}
 clients=${2:-16}
+rounds=${3:-3}
 db=outbox_pgbench
 url_base=${OUTBOX_TEST_DATABASE_URL%/*}
 url="$url_base/$db"
@@ -23,10 +28,29 @@ psql "$url" -q -v ON_ERROR_STOP=1 \
   -c "CREATE TABLE bench_plain (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, msg_key bytea, payload bytea, created_at timestamptz NOT NULL DEFAULT now())" \
   -c "CREATE TABLE bare_message (LIKE outbox.message INCLUDING DEFAULTS INCLUDING IDENTITY)" \
   -c "ALTER TABLE bare_message ADD PRIMARY KEY (seq), ALTER COLUMN shard DROP NOT NULL"
-alone=""
-for script in order order_plain_row order_bare_row order_outbox; do
-  tps=$(pgbench "$url" -n -c "$clients" -j 2 -T "$secs" -f "bench/pgbench/$script.sql" 2>/dev/null \
-    | awk '/^tps/ {print $3}')
-  alone=${alone:-$tps}
-  awk -v s="$script" -v t="$tps" -v a="$alone" 'BEGIN { printf "%-18s %10.0f tps   alone/this %.2f\n", s, t, a / t }'
+scripts=(order order_plain_row order_bare_row order_outbox)
+results=$(mktemp)
+trap 'rm -f "$results"; psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db"' EXIT
+for round in $(seq 1 "$rounds"); do
+  for script in "${scripts[@]}"; do
+    tps=$(pgbench "$url" -n -c "$clients" -j 2 -T "$secs" -f "bench/pgbench/$script.sql" 2>/dev/null \
+      | awk '/^tps/ {print $3}')
+    echo "$round $script $tps" >>"$results"
+  done
 done
+python3 - "$results" "$rounds" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+tps = {}
+for rnd, script, t in rows:
+    tps.setdefault(script, {})[int(rnd)] = float(t)
+def spread(v):
+    return f"{statistics.median(v):8.0f} tps ({min(v):.0f}–{max(v):.0f})"
+alone = statistics.median(tps["order"].values())
+for script, by_round in tps.items():
+    v = list(by_round.values())
+    print(f"{script:18s} {spread(v)}   alone/this {alone / statistics.median(v):.2f}")
+ratios = [tps["order_plain_row"][r] / tps["order_outbox"][r] for r in tps["order"]]
+print(f"outbox row vs plain row: {statistics.median(ratios):.2f}× the plain row's cost "
+      f"(median of {len(ratios)} rounds; each: {', '.join(f'{r:.2f}' for r in ratios)}; target ≤ 1.10)")
+PY

@@ -39,6 +39,17 @@ pub struct Args {
     /// Steady rates (messages/s) for the latency runs.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,5000")]
     pub latency_rates: Vec<u32>,
+    /// Times each latency run (and its broker-alone probe) is repeated;
+    /// the report gives the median and the spread. [default: 3, smoke: 1]
+    #[arg(long)]
+    pub latency_repeats: Option<u32>,
+    /// Rates measured a second time with a busy loop holding one core
+    /// (the relay, PostgreSQL and the broker then share what is left).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    pub hog_rates: Vec<u32>,
+    /// Skip the runs with the busy loop.
+    #[arg(long)]
+    pub no_hog: bool,
     /// Seconds each variant of the write-overhead comparison runs.
     /// [default: 15, smoke: 2]
     #[arg(long)]
@@ -102,6 +113,8 @@ pub struct Plan {
     pub latency_secs: f64,
     /// Seconds each write-overhead variant runs.
     pub overhead_secs: f64,
+    /// Repeats of each latency run.
+    pub latency_repeats: u32,
 }
 
 impl Plan {
@@ -120,6 +133,10 @@ impl Plan {
             overhead_secs: args
                 .overhead_secs
                 .unwrap_or(if args.smoke { 2.0 } else { 15.0 }),
+            latency_repeats: args
+                .latency_repeats
+                .unwrap_or(if args.smoke { 1 } else { 3 })
+                .max(1),
         };
         Plan {
             small: args.small_messages.unwrap_or(plan.messages / 10).max(1),

@@ -250,7 +250,17 @@ pub struct ArrivalRecorder {
     stop: Arc<AtomicBool>,
     seen: Arc<AtomicUsize>,
     duplicates: Arc<AtomicUsize>,
-    handle: Option<JoinHandle<Result<HashMap<String, Instant>>>>,
+    handle: Option<JoinHandle<Result<HashMap<String, Arrival>>>>,
+}
+
+/// When a record first arrived, and how long before that its producer
+/// created it (its Kafka timestamp, CreateTime: when the producer was
+/// handed the record; millisecond resolution, read against the wall
+/// clock of this same machine).
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    pub at: Instant,
+    pub since_produced: Option<Duration>,
 }
 
 impl ArrivalRecorder {
@@ -278,23 +288,38 @@ impl ArrivalRecorder {
         let handle = std::thread::Builder::new()
             .name("latency-consumer".into())
             .spawn(move || {
-                let mut arrivals: HashMap<String, Instant> = HashMap::new();
+                let mut arrivals: HashMap<String, Arrival> = HashMap::new();
                 while !stop2.load(Ordering::Relaxed) {
                     let Some(m) = consumer.poll(Timeout::After(Duration::from_millis(50))) else {
                         continue;
                     };
                     let now = Instant::now();
+                    let wall_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
                     let m = m.context("consuming")?;
+                    let since_produced = m
+                        .timestamp()
+                        .to_millis()
+                        .map(|created| Duration::from_millis((wall_ms - created).max(0) as u64));
                     let id = m
                         .headers()
                         .and_then(|h| h.iter().find(|h| h.key == outbox::headers::ID))
                         .and_then(|h| h.value)
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                         .unwrap_or_default();
-                    if arrivals.insert(id.clone(), now).is_some() {
+                    let arrival = Arrival {
+                        at: now,
+                        since_produced,
+                    };
+                    if arrivals.insert(id.clone(), arrival).is_some() {
                         // A duplicate (at-least-once): keep the first arrival.
                         dup2.fetch_add(1, Ordering::Relaxed);
-                        arrivals.entry(id).and_modify(|t| *t = (*t).min(now));
+                        arrivals.entry(id).and_modify(|a| {
+                            if arrival.at < a.at {
+                                *a = arrival
+                            }
+                        });
                     } else {
                         seen2.fetch_add(1, Ordering::Relaxed);
                     }
@@ -332,7 +357,17 @@ impl ArrivalRecorder {
     }
 
     /// Stops the consumer and returns the first arrival of every id.
-    pub fn finish(mut self) -> Result<HashMap<String, Instant>> {
+    pub fn finish(self) -> Result<HashMap<String, Instant>> {
+        Ok(self
+            .finish_with_produce_times()?
+            .into_iter()
+            .map(|(id, a)| (id, a.at))
+            .collect())
+    }
+
+    /// Stops the consumer and returns the first arrival of every id, with
+    /// its producer's timestamp.
+    pub fn finish_with_produce_times(mut self) -> Result<HashMap<String, Arrival>> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle
             .take()

@@ -16,6 +16,7 @@
 
 mod cli;
 mod db;
+mod hog;
 mod kafka;
 mod profile;
 mod relay;
@@ -147,6 +148,8 @@ async fn run(args: Args) -> Result<Report> {
         "partitions": args.partitions,
         "latency_seconds": plan.latency_secs,
         "latency_rates": args.latency_rates,
+        "latency_repeats": plan.latency_repeats,
+        "hog_rates": if args.no_hog { Vec::new() } else { args.hog_rates.clone() },
         "latency_max_tps": args.latency_max_tps,
         "overhead_seconds_per_variant": plan.overhead_secs,
         "clients": args.clients,
@@ -248,38 +251,58 @@ async fn run(args: Args) -> Result<Report> {
         }
     }
 
-    // 4: latency, per rate: the broker alone, then the relay in both modes.
+    // 4: latency, per rate and load: the broker alone, then the relay in
+    // both modes, each repeated; interleaved so that every repeat of the
+    // three sees the machine in the same state.
     if want(Scenario::Latency) {
         for &rate in &args.latency_rates {
-            ctx.server.checkpoint().await;
-            let probe = run
-                .step(
-                    &format!("broker_latency_{rate}"),
-                    scenarios::broker_latency(&ctx, rate, plan.latency_secs),
-                )
-                .await;
-            for wakeup in ["notify", "poll"] {
-                ctx.server.checkpoint().await;
-                let Some(l) = run
-                    .step(
-                        &format!("latency_{wakeup}_{rate}"),
-                        scenarios::latency(
-                            &ctx,
-                            scenarios::LatencyLoad {
-                                wakeup,
-                                rate,
-                                per_tx: rate.div_ceil(args.latency_max_tps.max(1)),
-                                secs: plan.latency_secs,
-                                clients: args.clients,
-                            },
-                        ),
-                    )
-                    .await
-                else {
-                    continue;
+            let hog_too = !args.no_hog && args.hog_rates.contains(&rate);
+            for hogged in [false, true].into_iter().filter(|&h| !h || hog_too) {
+                let _hog = if hogged {
+                    Some(hog::CpuHog::start().context("starting the CPU hog")?)
+                } else {
+                    None
                 };
-                run.rows
-                    .push(rows::latency(wakeup, rate, &l, probe.as_ref()));
+                let load = if hogged { "hog" } else { "quiet" };
+                let mut probes = Vec::new();
+                let mut runs: [Vec<scenarios::LatencyResult>; 2] = Default::default();
+                for repeat in 1..=plan.latency_repeats {
+                    let tag = format!("{load}{repeat}");
+                    ctx.server.checkpoint().await;
+                    probes.extend(
+                        run.step(
+                            &format!("broker_latency_{rate}_{tag}"),
+                            scenarios::broker_latency(&ctx, rate, plan.latency_secs, &tag),
+                        )
+                        .await,
+                    );
+                    for (i, wakeup) in ["notify", "poll"].into_iter().enumerate() {
+                        ctx.server.checkpoint().await;
+                        runs[i].extend(
+                            run.step(
+                                &format!("latency_{wakeup}_{rate}_{tag}"),
+                                scenarios::latency(
+                                    &ctx,
+                                    scenarios::LatencyLoad {
+                                        wakeup,
+                                        rate,
+                                        per_tx: rate.div_ceil(args.latency_max_tps.max(1)),
+                                        secs: plan.latency_secs,
+                                        clients: args.clients,
+                                        tag: tag.clone(),
+                                    },
+                                ),
+                            )
+                            .await,
+                        );
+                    }
+                }
+                for (runs, wakeup) in runs.iter().zip(["notify", "poll"]) {
+                    if !runs.is_empty() {
+                        run.rows
+                            .push(rows::latency(wakeup, rate, hogged, runs, &probes));
+                    }
+                }
             }
         }
     }

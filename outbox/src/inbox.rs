@@ -59,15 +59,18 @@ impl Inbox {
 /// [`Message::confirm_within`](crate::Message::confirm_within): call it, in
 /// the transaction that handles the reply, with the original message's id.
 /// Returns `true` if this call completed it, `false` if it was already
-/// completed (a duplicate reply), dead, deleted, or is unknown: a late or
-/// repeated reply changes nothing.
+/// completed (a duplicate reply), dead, deleted, enqueued without a
+/// confirmation timeout, or is unknown: a late, repeated or stray reply
+/// changes nothing (and a message that waits for no reply is never kept
+/// from being published).
 pub async fn confirm<'c, E>(executor: E, message_id: MessageId) -> Result<bool>
 where
     E: PgExecutor<'c>,
 {
     let done = sqlx::query(
         "UPDATE outbox.message SET status = 'completed', completed_at = now(), confirm_by = NULL \
-         WHERE id = $1 AND status IN ('pending', 'published', 'awaiting')",
+         WHERE id = $1 AND confirm_within IS NOT NULL \
+         AND status IN ('pending', 'published', 'awaiting')",
     )
     .bind(message_id.0)
     .execute(executor)

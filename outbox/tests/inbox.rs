@@ -108,3 +108,38 @@ async fn a_rolled_back_delivery_does_not_count() -> Result<()> {
     assert_eq!(effects(&db).await?, 1);
     Ok(())
 }
+
+/// `confirm` completes only a message that waits for a confirmation: a
+/// stray reply naming a message enqueued without one changes nothing, and
+/// that message stays pending for the relay (the id index covers only
+/// messages that can be confirmed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_completes_only_a_message_that_waits_for_it() -> Result<()> {
+    let db = TestDb::new().await?;
+    let outbox = outbox::Outbox::new();
+    let plain = outbox
+        .enqueue(db.pool(), outbox::Message::new("t", "no reply expected"))
+        .await?;
+    let awaited = outbox
+        .enqueue(
+            db.pool(),
+            outbox::Message::new("t", "reply expected")
+                .confirm_within(std::time::Duration::from_secs(60)),
+        )
+        .await?;
+    assert!(
+        !outbox::confirm(db.pool(), plain).await?,
+        "confirmed a message that waits for no confirmation"
+    );
+    assert!(outbox::confirm(db.pool(), awaited).await?);
+    assert!(
+        !outbox::confirm(db.pool(), awaited).await?,
+        "a repeated reply completed it twice"
+    );
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM outbox.message ORDER BY seq")
+            .fetch_all(db.pool())
+            .await?;
+    assert_eq!(statuses, ["pending", "completed"]);
+    Ok(())
+}

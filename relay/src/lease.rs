@@ -5,6 +5,16 @@ use std::time::{Duration, Instant};
 use crate::store::RelayStore;
 use uuid::Uuid;
 
+/// What [`ShardLeases::maintain`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Maintained {
+    /// A shard not held before was taken: its messages may lie anywhere.
+    pub gained: bool,
+    /// Shards above the fair share were kept, since giving them back was
+    /// not allowed: settle what is in flight and maintain again.
+    pub must_give_back: bool,
+}
+
 /// The shards this relay holds, with a local deadline. The deadline is
 /// measured from *before* the renewal was sent, so it is never later than
 /// the lease the database recorded: once it passes, another relay may own
@@ -41,19 +51,23 @@ impl ShardLeases {
         }
     }
 
-    /// Renews and rebalances the leases (the caller checks
-    /// [`renewal_due`](Self::renewal_due) and first lets everything in
-    /// flight settle). On a database error the held shards keep their old
-    /// deadline and the renewal is retried within a second. Returns
-    /// whether it gained a shard it did not hold before.
-    pub async fn maintain(&mut self) -> bool {
+    /// Renews the leases and takes shards up to this relay's fair share.
+    /// Shards above it are given back only when `may_give_back` (the
+    /// caller first lets everything in flight settle); otherwise they are
+    /// kept and renewed, and the answer says they must go, so the caller
+    /// settles and calls again. That way a relay renewing on its own does
+    /// not stop publishing for it: only giving a shard back needs the
+    /// pipeline empty. On a database error the held shards keep their old
+    /// deadline and the renewal is retried within a second.
+    pub async fn maintain(&mut self, may_give_back: bool) -> Maintained {
         let started = Instant::now();
         match self
             .store
-            .renew_shards(self.relay, &self.name, self.lease)
+            .renew_shards(self.relay, &self.name, self.lease, may_give_back)
             .await
         {
-            Ok(held) => {
+            Ok(renewed) => {
+                let held = renewed.held;
                 if held.len() != self.held.len() {
                     tracing::info!(shards = held.len(), "shard ownership changed");
                 }
@@ -62,12 +76,15 @@ impl ShardLeases {
                 self.held = held;
                 self.valid_until = Some(started + self.lease);
                 self.next_renewal = started + self.renew_every;
-                gained
+                Maintained {
+                    gained,
+                    must_give_back: renewed.excess > 0,
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew shard leases; retrying");
                 self.next_renewal = Instant::now() + Duration::from_secs(1).min(self.renew_every);
-                false
+                Maintained::default()
             }
         }
     }
@@ -115,9 +132,7 @@ impl ShardLeases {
         }
     }
 
-    /// Whether [`maintain`](Self::maintain) would renew now. Renewing may
-    /// give shards back, so the caller first lets every message it has in
-    /// flight be acknowledged.
+    /// Whether [`maintain`](Self::maintain) is due.
     pub fn renewal_due(&self) -> bool {
         Instant::now() >= self.next_renewal
     }

@@ -55,6 +55,13 @@ pub struct LatencyResult {
     /// database's lag behind the schedule.
     pub max_schedule_lag_ms: f64,
     pub latency: Percentiles,
+    /// Commit to the relay handing the record to its producer (the
+    /// record's CreateTime; millisecond resolution): the database and the
+    /// relay's part.
+    pub to_producer: Option<Percentiles>,
+    /// The producer's timestamp to consumed: the broker's part, as the
+    /// broker-alone probe measures it.
+    pub producer_to_consumed: Option<Percentiles>,
     pub duplicates: usize,
     pub relay_log: PathBuf,
 }
@@ -66,7 +73,7 @@ fn warmup(rate: u32) -> u64 {
 }
 
 /// The load of one latency run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LatencyLoad {
     /// The relay's `--wakeup`.
     pub wakeup: &'static str,
@@ -78,28 +85,31 @@ pub struct LatencyLoad {
     pub secs: f64,
     /// Connections committing.
     pub clients: usize,
+    /// Tells repeated runs apart (their databases and topics).
+    pub tag: String,
 }
 
 /// One latency run on a fresh database (dropped after) and topic.
 pub async fn latency(ctx: &Ctx, load: LatencyLoad) -> Result<LatencyResult> {
-    let name = format!("latency_{}_{}", load.wakeup, load.rate);
+    let name = format!("latency_{}_{}_{}", load.wakeup, load.rate, load.tag);
     let db = ctx
         .server
         .fresh_db(&format!("outbox_bench_{name}"), load.clients as u32)
         .await?;
-    let result = latency_in(ctx, &db, &name, load).await;
+    let result = latency_in(ctx, &db, &name, &load).await;
     ctx.server.drop_db(db).await;
     result
 }
 
-async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: LatencyLoad) -> Result<LatencyResult> {
+async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: &LatencyLoad) -> Result<LatencyResult> {
     let LatencyLoad {
         wakeup,
         rate,
         per_tx,
         secs,
         clients,
-    } = load;
+        tag: _,
+    } = *load;
     let topic = ctx.fresh_topic(name).await?;
     let consumer = ArrivalRecorder::start(&ctx.brokers, &topic, ctx.partitions)?;
     let (mut relay, _) = Relay::start(&ctx.spec(wakeup, &[]), db.url(), &ctx.log(name)).await?;
@@ -165,7 +175,7 @@ async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: LatencyLoad) -> Result
     let relay_log = relay.log().to_owned();
     relay.stop().await?;
     let duplicates = consumer.duplicates();
-    let arrivals = consumer.finish()?;
+    let arrivals = consumer.finish_with_produce_times()?;
     if !arrived {
         let missing = commits
             .iter()
@@ -183,8 +193,20 @@ async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: LatencyLoad) -> Result
         / last.duration_since(first).as_secs_f64().max(1e-9);
     let latencies = measured_commits
         .iter()
-        .map(|(_, id, committed)| arrivals[id].saturating_duration_since(*committed))
+        .map(|(_, id, committed)| arrivals[id].at.saturating_duration_since(*committed))
         .collect();
+    // Where each message's time went: before the producer had it, and after.
+    let (to_producer, after): (Vec<Duration>, Vec<Duration>) = measured_commits
+        .iter()
+        .filter_map(|(_, id, committed)| {
+            let a = arrivals[id];
+            let produced = a.at.checked_sub(a.since_produced?)?;
+            Some((
+                produced.saturating_duration_since(*committed),
+                a.since_produced?,
+            ))
+        })
+        .unzip();
     let r = LatencyResult {
         wakeup,
         target_rate: rate,
@@ -192,12 +214,20 @@ async fn latency_in(ctx: &Ctx, db: &Db, name: &str, load: LatencyLoad) -> Result
         achieved_rate,
         max_schedule_lag_ms: max_lag.as_secs_f64() * 1e3,
         latency: Percentiles::of(latencies)?,
+        to_producer: Percentiles::of(to_producer).ok(),
+        producer_to_consumed: Percentiles::of(after).ok(),
         duplicates,
         relay_log,
     };
+    let part = |p: Option<Percentiles>| {
+        p.map_or("-".to_owned(), |p| {
+            format!("p50 {:.0} / p99 {:.0}", p.p50_ms, p.p99_ms)
+        })
+    };
     progress(format!(
-        "latency {wakeup} @{rate}/s: achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms
+        "latency {wakeup} @{rate}/s: achieved {:.0}/s, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (commit→producer {}, producer→consumed {})",
+        r.achieved_rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms,
+        part(r.to_producer), part(r.producer_to_consumed)
     ));
     Ok(r)
 }
@@ -212,8 +242,8 @@ pub struct ProbeResult {
 
 /// Produces at `rate` for `secs` with the relay's producer settings and
 /// times each record to its arrival at a consumer.
-pub async fn broker_latency(ctx: &Ctx, rate: u32, secs: f64) -> Result<ProbeResult> {
-    let topic = ctx.fresh_topic(&format!("probe-{rate}")).await?;
+pub async fn broker_latency(ctx: &Ctx, rate: u32, secs: f64, tag: &str) -> Result<ProbeResult> {
+    let topic = ctx.fresh_topic(&format!("probe-{rate}-{tag}")).await?;
     let consumer = ArrivalRecorder::start(&ctx.brokers, &topic, ctx.partitions)?;
     let skip = warmup(rate);
     let total = skip + (rate as f64 * secs).round() as u64;

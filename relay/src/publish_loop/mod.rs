@@ -119,10 +119,18 @@ pub async fn run(
             break;
         }
         if leases.renewal_due() {
-            // A renewal may give shards back: nothing of theirs may be in
-            // flight when another relay takes them.
-            pipe.drain(leases, &store, &settings, &shutdown).await;
-            if leases.maintain().await {
+            // Renewing and taking shards is safe with batches in flight,
+            // so the relay keeps publishing through it (a drain here
+            // stalled every key for a round trip and a mark, every
+            // renewal). Giving a shard back is not: nothing of it may be
+            // in flight when another relay takes it.
+            let mut renewed = leases.maintain(false).await;
+            if renewed.must_give_back {
+                pipe.drain(leases, &store, &settings, &shutdown).await;
+                let again = leases.maintain(true).await;
+                renewed.gained |= again.gained;
+            }
+            if renewed.gained {
                 // New shards: their messages may lie below the cursor, and
                 // a batch fetched ahead did not look at them.
                 fetcher.restart();
@@ -177,6 +185,10 @@ pub async fn run(
         if full {
             idle.busy(&store, leases).await;
             fetcher.fetch_ahead(&store, &shards, limit, last_seq, &pipe);
+            // Let the fetch ahead send its statement before this batch is
+            // formatted: the relay runs on one thread, and the database
+            // should work on the next batch meanwhile, not after.
+            tokio::task::yield_now().await;
         }
         let lowest_unsent = pipe.send(publisher, batch, started).await;
         if full {

@@ -158,13 +158,10 @@ pub(super) async fn mark(
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
-        let marked = async {
-            store
-                .mark_published(&report.published, keep_published)
-                .await?;
-            store.record_failures(&report.failures).await
-        };
-        match marked.await {
+        match store
+            .settle_batch(&report.published, &report.failures, keep_published)
+            .await
+        {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(

@@ -210,7 +210,7 @@ async fn inserts_notify_only_while_a_relay_waits() -> Result<()> {
 
     let relay = Uuid::now_v7();
     store
-        .renew_shards(relay, "test", Duration::from_secs(30))
+        .renew_shards(relay, "test", Duration::from_secs(30), true)
         .await?;
     enqueue_one(pool).await?;
     assert!(
@@ -228,7 +228,7 @@ async fn inserts_notify_only_while_a_relay_waits() -> Result<()> {
     );
     // A lease renewal keeps the relay waiting.
     store
-        .renew_shards(relay, "test", Duration::from_secs(30))
+        .renew_shards(relay, "test", Duration::from_secs(30), true)
         .await?;
     enqueue_one(pool).await?;
     assert!(
@@ -253,5 +253,45 @@ async fn inserts_notify_only_while_a_relay_waits() -> Result<()> {
         !notified(&mut listener, quiet).await?,
         "an expired wait still made inserts notify"
     );
+    Ok(())
+}
+
+/// A renewal that may not give shards back (batches are in flight) keeps
+/// the shards above the fair share, renewed, and says how many; only a
+/// renewal that may give back hands them to the other relays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_gives_shards_back_only_when_allowed() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let store = RelayStore::new(db.pool().clone());
+    let lease = Duration::from_secs(30);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let all = store.renew_shards(a, "a", lease, false).await?;
+    assert_eq!(
+        all.held.len(),
+        SHARD_COUNT as usize,
+        "alone, a takes every shard"
+    );
+    assert_eq!(all.excess, 0);
+
+    // b arrives: nothing is free for it yet.
+    let none = store.renew_shards(b, "b", lease, true).await?;
+    assert!(none.held.is_empty());
+
+    let kept = store.renew_shards(a, "a", lease, false).await?;
+    assert_eq!(
+        kept.held.len(),
+        SHARD_COUNT as usize,
+        "a gave shards back while not allowed"
+    );
+    assert_eq!(kept.excess, SHARD_COUNT as usize / 2);
+    let none = store.renew_shards(b, "b", lease, true).await?;
+    assert!(none.held.is_empty(), "b took shards a still holds");
+
+    let half = store.renew_shards(a, "a", lease, true).await?;
+    assert_eq!(half.held.len(), SHARD_COUNT as usize / 2);
+    assert_eq!(half.excess, 0);
+    let other_half = store.renew_shards(b, "b", lease, true).await?;
+    assert_eq!(other_half.held.len(), SHARD_COUNT as usize / 2);
+    assert!(other_half.held.iter().all(|s| !half.held.contains(s)));
     Ok(())
 }

@@ -8,17 +8,31 @@ use uuid::Uuid;
 
 use super::{statement, RelayStore};
 
+/// What a renewal left a relay holding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewed {
+    /// The shards held now, each valid for the lease from just before the
+    /// renewal started.
+    pub held: Vec<i16>,
+    /// Shards held beyond the fair share and kept because the caller did
+    /// not allow giving any back: it must settle what it has in flight
+    /// and renew again, allowing it.
+    pub excess: usize,
+}
+
 impl RelayStore {
     /// Records that relay `relay` is alive, renews the shard leases it
-    /// holds for `lease`, and takes or gives back shards so that each live
-    /// relay holds its fair share. Returns the shards it now holds, each
-    /// valid for `lease` from just before this call started.
+    /// holds for `lease`, and takes shards up to its fair share of the live
+    /// relays. Gives back shards above that share only when `give_back`
+    /// (the caller has nothing of theirs in flight); otherwise keeps them
+    /// and says how many in [`Renewed::excess`].
     pub async fn renew_shards(
         &self,
         relay: Uuid,
         name: &str,
         lease: Duration,
-    ) -> sqlx::Result<Vec<i16>> {
+        give_back: bool,
+    ) -> sqlx::Result<Renewed> {
         let lease_secs = lease.as_secs_f64();
         let mut tx = self.pool.begin().await?;
         sqlx::query(statement!("register_relay"))
@@ -38,9 +52,12 @@ impl RelayStore {
         held.sort_unstable();
 
         let held_len = held.len() as i64;
-        if held_len > fair {
-            // Give back the highest shards; the caller renews between
-            // batches, so none of them has a message in flight.
+        let mut excess = 0;
+        if held_len > fair && !give_back {
+            excess = (held_len - fair) as usize;
+        } else if held_len > fair {
+            // Give back the highest shards; the caller settled everything
+            // first, so none of them has a message in flight.
             let give: Vec<i16> = held.split_off(fair as usize);
             sqlx::query(statement!("give_back_shards"))
                 .bind(relay)
@@ -58,7 +75,7 @@ impl RelayStore {
             held.sort_unstable();
         }
         tx.commit().await?;
-        Ok(held)
+        Ok(Renewed { held, excess })
     }
 
     /// Extends the leases of the shards `relay` still owns by `lease` and

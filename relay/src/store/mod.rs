@@ -153,60 +153,107 @@ impl RelayStore {
             .await
     }
 
-    /// Marks the messages with these `seq`s published, one statement in the
-    /// usual case: keeps them as `published` (for the retention period)
-    /// when `keep`, deletes them otherwise (about three times cheaper: a
-    /// delete writes no new row version and no index entries). Messages
-    /// waiting for an end-to-end confirmation are always kept, as
-    /// `awaiting`. Returns how many rows changed.
-    pub async fn mark_published(&self, seqs: &[i64], keep: bool) -> sqlx::Result<u64> {
-        if seqs.is_empty() {
-            return Ok(0);
-        }
-        if keep {
-            let done = sqlx::query(statement!("mark_published"))
-                .bind(seqs)
-                .execute(&self.pool)
-                .await?;
-            return Ok(done.rows_affected());
-        }
-        // Delete what needs no confirmation, then (rarely needed, so only
-        // when the delete left some) mark the rest awaiting.
-        let deleted = sqlx::query(statement!("delete_published"))
-            .bind(seqs)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        if deleted as usize == seqs.len() {
-            return Ok(deleted);
-        }
-        let awaiting = sqlx::query(statement!("mark_awaiting"))
-            .bind(seqs)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(deleted + awaiting)
-    }
-
-    /// Records failed attempts in one statement: bumps `attempts`, keeps the
-    /// error, and either schedules the retry or dead-letters the message.
-    pub async fn record_failures(&self, failures: &[Failure]) -> sqlx::Result<()> {
-        if failures.is_empty() {
+    /// Writes a settled batch back in one transaction: the messages with
+    /// the `published` seqs are kept as published when `keep`, deleted
+    /// otherwise (a delete is about three times cheaper: no new row
+    /// version, no index entries), or marked awaiting when they wait for
+    /// an end-to-end confirmation; each of the `failures` gets its attempt
+    /// counted and its retry scheduled, or is dead-lettered.
+    ///
+    /// The commit does not wait for the WAL flush (`synchronous_commit =
+    /// off` for this transaction only). Losing it takes a crash of the
+    /// database server itself within the WAL writer's delay, and costs
+    /// only duplicates: the messages are still pending, so they are
+    /// published again, after anything of their keys published since,
+    /// which consumers skip by id. Waiting for the flush made every batch
+    /// wait for a disk write the guarantees do not need. Leases and
+    /// everything else the relay writes still commit synchronously.
+    pub async fn settle_batch(
+        &self,
+        published: &[i64],
+        failures: &[Failure],
+        keep: bool,
+    ) -> sqlx::Result<()> {
+        if published.is_empty() && failures.is_empty() {
             return Ok(());
         }
-        let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
-        let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
-        let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
-        sqlx::query(statement!("record_failures"))
-            .bind(&seqs)
-            .bind(&errors)
-            .bind(&delays)
-            .bind(&dead)
-            .execute(&self.pool)
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        mark_published(&mut tx, published, keep).await?;
+        record_failures(&mut tx, failures).await?;
+        tx.commit().await
     }
+
+    /// Marks the messages with these `seq`s published, as
+    /// [`settle_batch`](Self::settle_batch) does. Returns how many rows
+    /// changed.
+    #[cfg(test)]
+    pub async fn mark_published(&self, seqs: &[i64], keep: bool) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let changed = mark_published(&mut tx, seqs, keep).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+}
+
+/// Marks published, deletes or marks awaiting, in one statement in the
+/// usual case; returns how many rows changed.
+async fn mark_published(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    seqs: &[i64],
+    keep: bool,
+) -> sqlx::Result<u64> {
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    if keep {
+        let done = sqlx::query(statement!("mark_published"))
+            .bind(seqs)
+            .execute(&mut **tx)
+            .await?;
+        return Ok(done.rows_affected());
+    }
+    // Delete what needs no confirmation, then (rarely needed, so only
+    // when the delete left some) mark the rest awaiting.
+    let deleted = sqlx::query(statement!("delete_published"))
+        .bind(seqs)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if deleted as usize == seqs.len() {
+        return Ok(deleted);
+    }
+    let awaiting = sqlx::query(statement!("mark_awaiting"))
+        .bind(seqs)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    Ok(deleted + awaiting)
+}
+
+/// Records failed attempts in one statement: bumps `attempts`, keeps the
+/// error, and either schedules the retry or dead-letters the message.
+async fn record_failures(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    failures: &[Failure],
+) -> sqlx::Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let seqs: Vec<i64> = failures.iter().map(|f| f.seq).collect();
+    let errors: Vec<&str> = failures.iter().map(|f| f.error.as_str()).collect();
+    let delays: Vec<f64> = failures.iter().map(|f| f.retry_in.as_secs_f64()).collect();
+    let dead: Vec<bool> = failures.iter().map(|f| f.dead).collect();
+    sqlx::query(statement!("record_failures"))
+        .bind(&seqs)
+        .bind(&errors)
+        .bind(&delays)
+        .bind(&dead)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
