@@ -50,6 +50,9 @@ pub struct Args {
     /// Skip the runs with the busy loop.
     #[arg(long)]
     pub no_hog: bool,
+    /// The relay's wake-up modes measured for latency.
+    #[arg(long, value_delimiter = ',', default_value = "notify,poll")]
+    pub wakeups: Vec<String>,
     /// Seconds each variant of the write-overhead comparison runs.
     /// [default: 15, smoke: 2]
     #[arg(long)]

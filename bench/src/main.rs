@@ -276,7 +276,8 @@ async fn run(args: Args) -> Result<Report> {
                         )
                         .await,
                     );
-                    for (i, wakeup) in ["notify", "poll"].into_iter().enumerate() {
+                    let modes = ["notify", "poll"].into_iter().enumerate();
+                    for (i, wakeup) in modes.filter(|(_, w)| args.wakeups.iter().any(|a| a == w)) {
                         ctx.server.checkpoint().await;
                         runs[i].extend(
                             run.step(

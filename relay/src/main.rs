@@ -5,10 +5,6 @@ mod healthcheck;
 
 use std::process::ExitCode;
 
-/// See the note on `mimalloc` in Cargo.toml.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 

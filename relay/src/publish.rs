@@ -88,9 +88,6 @@ pub struct Publisher {
     needs_offset: bool,
 }
 
-/// Messages handed to librdkafka between two yields to the runtime.
-const YIELD_EVERY: usize = 256;
-
 impl Publisher {
     /// A producer for `config.brokers`: the relay's defaults, then the
     /// user's `config.kafka` settings over them.
@@ -202,12 +199,6 @@ impl Publisher {
         let mut failed_keys: HashSet<&[u8]> = HashSet::new();
 
         for (i, m) in batch.iter().enumerate() {
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                // Formatting a large batch takes milliseconds of the
-                // relay's one thread: let the fetch ahead take its rows
-                // and earlier batches their delivery reports meanwhile.
-                tokio::task::yield_now().await;
-            }
             if let Some(key) = m.key.as_deref() {
                 if failed_keys.contains(key) || !in_flight.may_send(key, &m.topic) {
                     // Hold the rest of this key for a later batch.

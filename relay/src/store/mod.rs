@@ -162,12 +162,15 @@ impl RelayStore {
     ///
     /// The commit does not wait for the WAL flush (`synchronous_commit =
     /// off` for this transaction only). Losing it takes a crash of the
-    /// database server itself within the WAL writer's delay, and costs
-    /// only duplicates: the messages are still pending, so they are
-    /// published again, after anything of their keys published since,
-    /// which consumers skip by id. Waiting for the flush made every batch
-    /// wait for a disk write the guarantees do not need. Leases and
-    /// everything else the relay writes still commit synchronously.
+    /// database server itself within the WAL writer's delay (200 ms by
+    /// default), and costs only duplicates: the messages are still
+    /// pending, so they are published again, which consumers skip by id;
+    /// a key's effects keep their order, since its earlier messages were
+    /// consumed first. Waiting for the flush made a quarter of the
+    /// relay's statement time while draining a backlog its COMMIT
+    /// (docs/benchmarks.md). Leases, and everything else the relay
+    /// writes, still commit synchronously: a lost lease renewal could let
+    /// two relays publish one key.
     pub async fn settle_batch(
         &self,
         published: &[i64],
