@@ -25,10 +25,10 @@ fn main() -> ExitCode {
     // own. The publish loop is a chain of short steps, each woken by the
     // last (a notification, a fetch's rows, a delivery report): on a
     // multi-thread runtime each wake-up was a hand-off between threads,
-    // 14 context switches a message at 1,000 msg/s, and with a core taken
-    // by another process the p99 commit-to-consumed latency went from
-    // about 17 ms to about 30 (docs/benchmarks.md). On one thread it is
-    // about 22.
+    // 14 context switches a message at 1,000 msg/s against 9 on one
+    // thread. With another process holding a core, the p99
+    // commit-to-consumed latency was 31-34 ms there and 24-36 ms here in
+    // the same evening's runs (docs/benchmarks.md).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
