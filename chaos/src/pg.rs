@@ -70,10 +70,14 @@ impl PgCtl {
     }
 
     /// `pg_ctl restart -m fast`: every connection is cut, in-progress
-    /// transactions are rolled back, committed ones survive.
-    pub async fn restart(&self) -> Result<()> {
+    /// transactions are rolled back, committed ones survive. With `crash`,
+    /// `-m immediate` instead: the server stops as if it crashed, and
+    /// recovers from the WAL on start, so what was committed without
+    /// waiting for the flush (the relay's marks) may be gone.
+    pub async fn restart(&self, crash: bool) -> Result<()> {
         let log = self.server_log.to_string_lossy().into_owned();
-        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60", "-l", &log])
+        let mode = if crash { "immediate" } else { "fast" };
+        self.pg_ctl(&["restart", "-m", mode, "-w", "-t", "60", "-l", &log])
             .await
     }
 }

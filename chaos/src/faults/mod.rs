@@ -36,6 +36,9 @@ pub enum Kind {
     RelayPause,
     /// `pg_ctl restart -m fast`.
     PgRestart,
+    /// `pg_ctl restart -m immediate`: PostgreSQL crashes and recovers,
+    /// losing the commits that did not wait for the WAL flush.
+    PgCrash,
     /// SIGSTOP the broker for 2–6 s (tansu, memory storage).
     BrokerPause,
     /// SIGKILL the broker and start it again (tansu, SQLite storage).
@@ -55,6 +58,7 @@ impl Kind {
             Kind::RelayKill => "relay_kill",
             Kind::RelayPause => "relay_pause",
             Kind::PgRestart => "pg_restart",
+            Kind::PgCrash => "pg_crash",
             Kind::BrokerPause => "broker_pause",
             Kind::BrokerRestart => "broker_restart",
             Kind::LeaderChange => "leader_change",
@@ -109,7 +113,12 @@ impl FaultLog {
 
 /// The kinds that apply to this broker.
 pub fn kinds(broker: &BrokerTarget, skip: &[String]) -> Vec<Kind> {
-    let mut kinds = vec![Kind::RelayKill, Kind::RelayPause, Kind::PgRestart];
+    let mut kinds = vec![
+        Kind::RelayKill,
+        Kind::RelayPause,
+        Kind::PgRestart,
+        Kind::PgCrash,
+    ];
     match broker {
         BrokerTarget::TansuPause(_) => kinds.push(Kind::BrokerPause),
         BrokerTarget::TansuRestart(..) => kinds.push(Kind::BrokerRestart),
@@ -184,7 +193,8 @@ pub async fn run(
             let ok = match kind {
                 Kind::RelayKill => relay_kill(&ctx),
                 Kind::RelayPause => relay_pause(&ctx, &mut tasks),
-                Kind::PgRestart => pg_restart(&ctx, &pg_busy, &mut tasks),
+                Kind::PgRestart => pg_restart(&ctx, &pg_busy, &mut tasks, false),
+                Kind::PgCrash => pg_restart(&ctx, &pg_busy, &mut tasks, true),
                 Kind::BrokerPause | Kind::BrokerRestart | Kind::RttSpike => {
                     broker_outage(&ctx, kind, &broker_busy, &mut tasks)
                 }

@@ -1,4 +1,5 @@
-//! The database fault: `pg_ctl restart -m fast`, one at a time.
+//! The database faults: `pg_ctl restart -m fast`, or `-m immediate` (a
+//! crash), one at a time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,12 @@ use tokio::task::JoinSet;
 
 use super::{error, note, FaultCtx};
 
-pub(super) fn pg_restart(ctx: &FaultCtx, busy: &Arc<AtomicBool>, tasks: &mut JoinSet<()>) -> bool {
+pub(super) fn pg_restart(
+    ctx: &FaultCtx,
+    busy: &Arc<AtomicBool>,
+    tasks: &mut JoinSet<()>,
+    crash: bool,
+) -> bool {
     if busy.swap(true, Ordering::SeqCst) {
         return false;
     }
@@ -19,17 +25,19 @@ pub(super) fn pg_restart(ctx: &FaultCtx, busy: &Arc<AtomicBool>, tasks: &mut Joi
         ctx.targets.downtime.clone(),
         busy.clone(),
     );
-    note(&log, started, "pg_restart: pg_ctl restart -m fast".into());
+    let name = if crash { "pg_crash" } else { "pg_restart" };
+    let mode = if crash { "immediate" } else { "fast" };
+    note(&log, started, format!("{name}: pg_ctl restart -m {mode}"));
     downtime.begin();
     tasks.spawn(async move {
         let t = Instant::now();
-        match pg.restart().await {
+        match pg.restart(crash).await {
             Ok(()) => note(
                 &log,
                 started,
-                format!("pg_restart: back after {:.1}s", t.elapsed().as_secs_f64()),
+                format!("{name}: back after {:.1}s", t.elapsed().as_secs_f64()),
             ),
-            Err(e) => error(&log, started, format!("pg_restart: {e:#}")),
+            Err(e) => error(&log, started, format!("{name}: {e:#}")),
         }
         downtime.end();
         busy.store(false, Ordering::SeqCst);
