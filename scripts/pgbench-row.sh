@@ -21,7 +21,8 @@ db=outbox_pgbench
 url_base=${OUTBOX_TEST_DATABASE_URL%/*}
 url="$url_base/$db"
 psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" 2>&1 | grep -v NOTICE || true
-trap 'psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db"' EXIT
+results=$(mktemp)
+trap 'rm -f "$results"; psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db"' EXIT
 psql "$url" -q -v ON_ERROR_STOP=1 -c "CREATE SCHEMA outbox" $(printf -- '-f %s ' outbox/migrations/*.sql)
 psql "$url" -q -v ON_ERROR_STOP=1 \
   -c "CREATE TABLE bench_order (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer bigint NOT NULL, sku text NOT NULL, qty int NOT NULL, created_at timestamptz NOT NULL DEFAULT now())" \
@@ -29,8 +30,6 @@ psql "$url" -q -v ON_ERROR_STOP=1 \
   -c "CREATE TABLE bare_message (LIKE outbox.message INCLUDING DEFAULTS INCLUDING IDENTITY)" \
   -c "ALTER TABLE bare_message ADD PRIMARY KEY (seq), ALTER COLUMN shard DROP NOT NULL"
 scripts=(order order_plain_row order_bare_row order_outbox)
-results=$(mktemp)
-trap 'rm -f "$results"; psql "$OUTBOX_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $db"' EXIT
 for round in $(seq 1 "$rounds"); do
   for script in "${scripts[@]}"; do
     tps=$(pgbench "$url" -n -c "$clients" -j 2 -T "$secs" -f "bench/pgbench/$script.sql" 2>/dev/null \

@@ -52,7 +52,7 @@ pub struct Args {
     pub no_hog: bool,
     /// The relay's wake-up modes measured for latency.
     #[arg(long, value_delimiter = ',', default_value = "notify,poll")]
-    pub wakeups: Vec<String>,
+    pub wakeups: Vec<Wakeup>,
     /// Seconds each variant of the write-overhead comparison runs.
     /// [default: 15, smoke: 2]
     #[arg(long)]
@@ -102,6 +102,25 @@ pub enum Scenario {
     Memory,
     /// (6) Table and index size.
     Health,
+}
+
+/// A relay `--wakeup` mode, for `--wakeups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Wakeup {
+    /// LISTEN/NOTIFY, polling as the fallback.
+    Notify,
+    /// Polling only.
+    Poll,
+}
+
+impl Wakeup {
+    /// The relay's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Wakeup::Notify => "notify",
+            Wakeup::Poll => "poll",
+        }
+    }
 }
 
 /// Sizes and durations of this run.

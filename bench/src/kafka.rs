@@ -1,6 +1,7 @@
 //! The broker side: topics, the raw producer ceiling, a latency consumer and
 //! the raw produce-to-consume latency probe.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -308,20 +309,20 @@ impl ArrivalRecorder {
                         .and_then(|h| h.value)
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                         .unwrap_or_default();
-                    let arrival = Arrival {
-                        at: now,
-                        since_produced,
-                    };
-                    if arrivals.insert(id.clone(), arrival).is_some() {
-                        // A duplicate (at-least-once): keep the first arrival.
-                        dup2.fetch_add(1, Ordering::Relaxed);
-                        arrivals.entry(id).and_modify(|a| {
-                            if arrival.at < a.at {
-                                *a = arrival
-                            }
-                        });
-                    } else {
-                        seen2.fetch_add(1, Ordering::Relaxed);
+                    match arrivals.entry(id) {
+                        // A duplicate (at-least-once): the first arrival
+                        // stays (inserting first, as this did, replaced it
+                        // with the later one).
+                        Entry::Occupied(_) => {
+                            dup2.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Entry::Vacant(v) => {
+                            v.insert(Arrival {
+                                at: now,
+                                since_produced,
+                            });
+                            seen2.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 Ok(arrivals)

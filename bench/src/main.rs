@@ -265,7 +265,11 @@ async fn run(args: Args) -> Result<Report> {
                 };
                 let load = if hogged { "hog" } else { "quiet" };
                 let mut probes = Vec::new();
-                let mut runs: [Vec<scenarios::LatencyResult>; 2] = Default::default();
+                let mut runs: Vec<(&'static str, Vec<scenarios::LatencyResult>)> = args
+                    .wakeups
+                    .iter()
+                    .map(|w| (w.name(), Vec::new()))
+                    .collect();
                 for repeat in 1..=plan.latency_repeats {
                     let tag = format!("{load}{repeat}");
                     ctx.server.checkpoint().await;
@@ -276,10 +280,10 @@ async fn run(args: Args) -> Result<Report> {
                         )
                         .await,
                     );
-                    let modes = ["notify", "poll"].into_iter().enumerate();
-                    for (i, wakeup) in modes.filter(|(_, w)| args.wakeups.iter().any(|a| a == w)) {
+                    for (wakeup, results) in runs.iter_mut() {
+                        let wakeup = *wakeup;
                         ctx.server.checkpoint().await;
-                        runs[i].extend(
+                        results.extend(
                             run.step(
                                 &format!("latency_{wakeup}_{rate}_{tag}"),
                                 scenarios::latency(
@@ -298,10 +302,10 @@ async fn run(args: Args) -> Result<Report> {
                         );
                     }
                 }
-                for (runs, wakeup) in runs.iter().zip(["notify", "poll"]) {
-                    if !runs.is_empty() {
+                for (wakeup, results) in &runs {
+                    if !results.is_empty() {
                         run.rows
-                            .push(rows::latency(wakeup, rate, hogged, runs, &probes));
+                            .push(rows::latency(wakeup, rate, hogged, results, &probes));
                     }
                 }
             }

@@ -86,7 +86,7 @@ async fn a_waiting_message_blocks_its_key_below_the_cursor() -> Result<()> {
     };
     let batch = store.fetch_pending(&all_shards(), 100, 0, &[], &[]).await?;
     assert_eq!(k_only(&batch), vec![b"k1".to_vec()]);
-    store.mark_published(&[first_seq], true).await?;
+    store.settle_batch(&[first_seq], &[], true).await?;
     let batch = store.fetch_pending(&all_shards(), 100, 0, &[], &[]).await?;
     assert_eq!(k_only(&batch), vec![b"k2".to_vec()]);
     Ok(())

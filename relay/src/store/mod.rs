@@ -180,43 +180,34 @@ impl RelayStore {
         if published.is_empty() && failures.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
+        // One round trip for both: BEGIN and the setting go as one simple
+        // query.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
             .await?;
         mark_published(&mut tx, published, keep).await?;
         record_failures(&mut tx, failures).await?;
         tx.commit().await
     }
-
-    /// Marks the messages with these `seq`s published, as
-    /// [`settle_batch`](Self::settle_batch) does. Returns how many rows
-    /// changed.
-    #[cfg(test)]
-    pub async fn mark_published(&self, seqs: &[i64], keep: bool) -> sqlx::Result<u64> {
-        let mut tx = self.pool.begin().await?;
-        let changed = mark_published(&mut tx, seqs, keep).await?;
-        tx.commit().await?;
-        Ok(changed)
-    }
 }
 
-/// Marks published, deletes or marks awaiting, in one statement in the
-/// usual case; returns how many rows changed.
+/// Marks published, deletes or marks awaiting (see
+/// [`RelayStore::settle_batch`]), in one statement in the usual case.
 async fn mark_published(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     seqs: &[i64],
     keep: bool,
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<()> {
     if seqs.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     if keep {
-        let done = sqlx::query(statement!("mark_published"))
+        sqlx::query(statement!("mark_published"))
             .bind(seqs)
             .execute(&mut **tx)
             .await?;
-        return Ok(done.rows_affected());
+        return Ok(());
     }
     // Delete what needs no confirmation, then (rarely needed, so only
     // when the delete left some) mark the rest awaiting.
@@ -225,15 +216,13 @@ async fn mark_published(
         .execute(&mut **tx)
         .await?
         .rows_affected();
-    if deleted as usize == seqs.len() {
-        return Ok(deleted);
+    if (deleted as usize) < seqs.len() {
+        sqlx::query(statement!("mark_awaiting"))
+            .bind(seqs)
+            .execute(&mut **tx)
+            .await?;
     }
-    let awaiting = sqlx::query(statement!("mark_awaiting"))
-        .bind(seqs)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    Ok(deleted + awaiting)
+    Ok(())
 }
 
 /// Records failed attempts in one statement: bumps `attempts`, keeps the
