@@ -9,6 +9,16 @@
 # the rounds' ratios. Uses its own database, outbox_pgbench, dropped
 # afterwards.
 #
+# Statements go as prepared statements (pgbench -M prepared), as the
+# library sends them (sqlx prepares and caches every query); with
+# PGBENCH_MODE=simple each is parsed and planned every time, which
+# weighs the outbox's longer statement more.
+#
+# PGBENCH_PARTS=1 adds two copies of outbox.message, with its indexes and
+# constraints: one without the wake-up trigger, one without the trigger
+# and with a plain shard column instead of the generated one. The steps
+# from the plain row to the real one are then each part's cost.
+#
 #   bash scripts/pgbench-row.sh [SECONDS] [CLIENTS] [ROUNDS]   # default 6 s, 16 clients, 3 rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,11 +38,17 @@ psql "$url" -q -v ON_ERROR_STOP=1 \
   -c "CREATE TABLE bench_order (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer bigint NOT NULL, sku text NOT NULL, qty int NOT NULL, created_at timestamptz NOT NULL DEFAULT now())" \
   -c "CREATE TABLE bench_plain (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL, msg_key bytea, payload bytea, created_at timestamptz NOT NULL DEFAULT now())" \
   -c "CREATE TABLE bare_message (LIKE outbox.message INCLUDING DEFAULTS INCLUDING IDENTITY)" \
-  -c "ALTER TABLE bare_message ADD PRIMARY KEY (seq), ALTER COLUMN shard DROP NOT NULL"
+  -c "ALTER TABLE bare_message ADD PRIMARY KEY (seq), ALTER COLUMN shard DROP NOT NULL" \
+  -c "CREATE TABLE message_no_trigger (LIKE outbox.message INCLUDING ALL)" \
+  -c "CREATE TABLE message_no_shard (LIKE outbox.message INCLUDING ALL)" \
+  -c "ALTER TABLE message_no_shard DROP COLUMN shard, ADD COLUMN shard smallint"
 scripts=(order order_plain_row order_bare_row order_outbox)
+if [ "${PGBENCH_PARTS:-0}" = 1 ]; then
+  scripts+=(order_outbox_no_trigger order_outbox_no_shard)
+fi
 for round in $(seq 1 "$rounds"); do
   for script in "${scripts[@]}"; do
-    tps=$(pgbench "$url" -n -c "$clients" -j 2 -T "$secs" -f "bench/pgbench/$script.sql" 2>/dev/null \
+    tps=$(pgbench "$url" -n -M "${PGBENCH_MODE:-prepared}" -c "$clients" -j 2 -T "$secs" -f "bench/pgbench/$script.sql" 2>/dev/null \
       | awk '/^tps/ {print $3}')
     echo "$round $script $tps" >>"$results"
   done

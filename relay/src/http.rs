@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::delivery::RelayProducer;
 use crate::store::{Backlog, RelayStore};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,10 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
-
-use crate::broker_events::BrokerEvents;
 
 use crate::error::{Error, Result};
 use crate::health::Health;
@@ -62,7 +60,7 @@ pub fn set_backlog_gauges(b: &Backlog) {
 #[derive(Clone)]
 struct AppState {
     store: RelayStore,
-    producer: FutureProducer<BrokerEvents>,
+    producer: RelayProducer,
     health: Health,
     /// `None` when the host application exports the metrics itself.
     metrics: Option<PrometheusHandle>,
@@ -73,7 +71,7 @@ struct AppState {
 pub async fn serve(
     addr: SocketAddr,
     store: RelayStore,
-    producer: FutureProducer<BrokerEvents>,
+    producer: RelayProducer,
     health: Health,
     metrics: Option<PrometheusHandle>,
     mut shutdown: Shutdown,

@@ -32,6 +32,7 @@
 mod broker_events;
 mod config;
 mod connect;
+mod delivery;
 mod error;
 mod health;
 mod http;

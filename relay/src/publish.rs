@@ -1,20 +1,22 @@
 //! Publishing a batch through the idempotent Kafka producer.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use outbox::headers;
 
 use crate::store::PendingMessage;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::util::Timeout;
 
 use crate::broker_events::BrokerEvents;
 use crate::config::{RelayConfig, DEFAULT_MESSAGE_TIMEOUT};
+use crate::delivery::{Batch, DeliveryReports, ProducerEvents, RelayProducer, Report};
 use crate::error::{Error, Result};
 
 /// How long the outage watch waits for each metadata answer.
@@ -22,10 +24,7 @@ const OUTAGE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks the broker for metadata (on a blocking thread: librdkafka's call
 /// blocks) and reports whether it answered within `timeout`, or why not.
-pub(crate) async fn ask_broker(
-    producer: &FutureProducer<BrokerEvents>,
-    timeout: Duration,
-) -> Result<(), String> {
+pub(crate) async fn ask_broker(producer: &RelayProducer, timeout: Duration) -> Result<(), String> {
     let producer = producer.clone();
     tokio::task::spawn_blocking(move || {
         producer
@@ -81,8 +80,12 @@ pub enum Outcome {
 /// broker acknowledged is on every in-sync replica and client retries
 /// neither duplicate nor reorder within a partition.
 pub struct Publisher {
-    producer: FutureProducer<BrokerEvents>,
+    producer: RelayProducer,
     events: BrokerEvents,
+    reports: DeliveryReports,
+    /// The next batch's first ticket: every record of a batch gets one,
+    /// sent or not, so batches never share a ticket.
+    next_ticket: AtomicUsize,
     /// Whether a delivery report must carry an offset to count (every
     /// setting but `acks=0`, where the broker never answers with one).
     needs_offset: bool,
@@ -116,13 +119,15 @@ impl Publisher {
         for (k, v) in &config.kafka {
             client.set(k, v);
         }
-        let events = BrokerEvents::default();
-        let producer: FutureProducer<BrokerEvents> = client
-            .create_with_context(events.clone())
+        let context = ProducerEvents::default();
+        let producer: RelayProducer = client
+            .create_with_context(context.clone())
             .map_err(|e| Error::Producer(producer_error(&e)))?;
         Ok(Publisher {
             producer,
-            events,
+            events: context.events,
+            reports: context.reports,
+            next_ticket: AtomicUsize::new(0),
             needs_offset: config.broker_reports_offsets(),
         })
     }
@@ -195,8 +200,10 @@ impl Publisher {
     /// [`KeyTopics::release`] once the batch's reports are in.
     pub async fn send_batch(&self, batch: &[PendingMessage], in_flight: &mut KeyTopics) -> Sending {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-        let mut deliveries = Vec::with_capacity(batch.len());
+        let mut sent = Vec::with_capacity(batch.len());
         let mut failed_keys: HashSet<&[u8]> = HashSet::new();
+        let first = self.next_ticket.fetch_add(batch.len(), Ordering::Relaxed);
+        let reports = self.reports.open(first, batch.len());
 
         for (i, m) in batch.iter().enumerate() {
             if let Some(key) = m.key.as_deref() {
@@ -207,14 +214,16 @@ impl Publisher {
                     continue;
                 }
             }
-            match self.send(m).await {
-                Ok(delivery) => {
+            reports.sending();
+            match self.send(m, first.wrapping_add(i)).await {
+                Ok(()) => {
                     if let Some(key) = m.key.as_deref() {
                         in_flight.add(key, &m.topic);
                     }
-                    deliveries.push((i, delivery));
+                    sent.push(i);
                 }
                 Err(e) => {
+                    reports.not_sent();
                     if let Some(key) = m.key.as_deref() {
                         failed_keys.insert(key);
                     }
@@ -222,56 +231,60 @@ impl Publisher {
                 }
             }
         }
+        reports.sent();
         Sending {
             outcomes,
-            deliveries,
+            sent,
+            reports: Some(reports),
+            open: self.reports.clone(),
             needs_offset: self.needs_offset,
         }
     }
 
     /// Hands one message to librdkafka, waiting while its queue is full.
-    async fn send(
-        &self,
-        m: &PendingMessage,
-    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-        let id = m.id.to_string();
+    /// Its delivery report goes to the batch holding `ticket`.
+    async fn send(&self, m: &PendingMessage, ticket: usize) -> Result<(), KafkaError> {
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = m.id.0.hyphenated().encode_lower(&mut id);
         let created = m
             .created_at
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        loop {
-            let mut hdrs = OwnedHeaders::new_with_capacity(m.header_names.len() + 3);
-            for (name, value) in m.header_names.iter().zip(&m.header_values) {
-                hdrs = hdrs.insert(Header {
-                    key: name,
-                    value: Some(value),
-                });
-            }
+        let mut hdrs = OwnedHeaders::new_with_capacity(m.header_names.len() + 3);
+        for (name, value) in m.header_names.iter().zip(&m.header_values) {
             hdrs = hdrs.insert(Header {
-                key: headers::ID,
-                value: Some(&id),
+                key: name,
+                value: Some(value),
             });
-            if let Some(t) = &m.message_type {
-                hdrs = hdrs.insert(Header {
-                    key: headers::TYPE,
-                    value: Some(t),
-                });
-            }
+        }
+        hdrs = hdrs.insert(Header {
+            key: headers::ID,
+            value: Some(id.as_bytes()),
+        });
+        if let Some(t) = &m.message_type {
             hdrs = hdrs.insert(Header {
-                key: headers::CREATED_AT,
-                value: Some(&created),
+                key: headers::TYPE,
+                value: Some(t),
             });
+        }
+        hdrs = hdrs.insert(Header {
+            key: headers::CREATED_AT,
+            value: Some(&created),
+        });
 
-            let mut record = FutureRecord::<[u8], [u8]>::to(&m.topic).headers(hdrs);
-            if let Some(key) = &m.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(payload) = &m.payload {
-                record = record.payload(payload.as_slice());
-            }
-            match self.producer.send_result(record) {
-                Ok(delivery) => return Ok(delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+        let mut record =
+            BaseRecord::<[u8], [u8], usize>::with_opaque_to(&m.topic, ticket).headers(hdrs);
+        if let Some(key) = &m.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &m.payload {
+            record = record.payload(payload.as_slice());
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     // librdkafka drains its queue on its own thread.
+                    record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 Err((e, _)) => return Err(e),
@@ -296,7 +309,7 @@ impl Publisher {
     }
 
     /// A clone of the underlying producer, for health checks.
-    pub fn producer(&self) -> FutureProducer<BrokerEvents> {
+    pub(crate) fn producer(&self) -> RelayProducer {
         self.producer.clone()
     }
 }
@@ -305,14 +318,18 @@ impl Publisher {
 /// locally) and the delivery reports still to come.
 pub struct Sending {
     outcomes: Vec<Option<Outcome>>,
-    deliveries: Vec<(usize, rdkafka::producer::DeliveryFuture)>,
+    sent: Vec<usize>,
+    /// `None` once the reports were taken.
+    reports: Option<Arc<Batch>>,
+    open: DeliveryReports,
     needs_offset: bool,
 }
 
 impl Sending {
-    /// The messages (indexes into the batch) that reached the producer.
+    /// The messages (indexes into the batch, ascending) that reached the
+    /// producer.
     pub fn sent(&self) -> Vec<usize> {
-        self.deliveries.iter().map(|(i, _)| *i).collect()
+        self.sent.clone()
     }
 
     /// The messages held or refused before they reached the producer
@@ -328,23 +345,36 @@ impl Sending {
 
     /// Waits for every delivery report; one outcome per message, in batch
     /// order.
-    pub async fn outcomes(self) -> Vec<Outcome> {
-        let mut outcomes = self.outcomes;
-        let (indexes, futures): (Vec<usize>, Vec<_>) = self.deliveries.into_iter().unzip();
-        for (i, report) in indexes.into_iter().zip(join_all(futures).await) {
-            outcomes[i] = Some(match report {
-                Ok(Ok(d)) => delivered(d.offset, self.needs_offset),
-                Ok(Err((e, _))) => failed(&e),
-                Err(_canceled) => Outcome::Failed {
-                    error: "the producer dropped the delivery report".into(),
+    pub async fn outcomes(mut self) -> Vec<Outcome> {
+        let batch = self.reports.take().expect("reports are taken once");
+        let reports = batch.reports().await;
+        self.open.close(&batch);
+        let needs_offset = self.needs_offset;
+        std::mem::take(&mut self.outcomes)
+            .into_iter()
+            .zip(reports)
+            .map(|(known, report)| match (known, report) {
+                (Some(o), _) => o,
+                (None, Some(Report::Delivered { offset })) => delivered(offset, needs_offset),
+                (None, Some(Report::Failed(e))) => failed(&e),
+                // Cannot happen (the batch waits for every record handed
+                // over); if it did, sending again is the safe answer.
+                (None, None) => Outcome::Failed {
+                    error: "no delivery report for the message".into(),
                     permanent: false,
                 },
-            });
-        }
-        outcomes
-            .into_iter()
-            .map(|o| o.expect("every message has an outcome"))
+            })
             .collect()
+    }
+}
+
+impl Drop for Sending {
+    /// A batch given up on (the relay is stopping) stops collecting
+    /// reports, so the list of open batches does not grow.
+    fn drop(&mut self) {
+        if let Some(batch) = self.reports.take() {
+            self.open.close(&batch);
+        }
     }
 }
 

@@ -115,3 +115,75 @@ fn a_delivery_without_an_offset_is_sent_again() {
     // acks=0: the broker never answers with an offset.
     assert_eq!(delivered(-1001, false), Outcome::Published);
 }
+
+/// Two batches in flight at once against librdkafka's mock cluster: every
+/// message gets its own outcome, in batch order, whichever batch its report
+/// arrives for; a record librdkafka refuses at once, one it rejects after
+/// sending, and a held one each keep their place.
+#[tokio::test]
+async fn each_report_reaches_its_own_message_across_batches() {
+    use outbox_testkit::{MockBroker, MockOp};
+    use rdkafka::types::RDKafkaRespErr;
+
+    let mock = MockBroker::start(1, &[("t", 3), ("u", 1)]).unwrap();
+    let mut config = crate::config::RelayConfig::new("postgres://localhost/db");
+    config.brokers = mock.bootstrap().into();
+    // Small enough that one record below is refused before it is sent.
+    config
+        .kafka
+        .push(("message.max.bytes".into(), "2000".into()));
+    let publisher = Publisher::new(&config).unwrap();
+    publisher
+        .check_broker(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut in_flight = KeyTopics::default();
+
+    let mut big = pending(2, "b", "t", 0);
+    big.payload = Some(vec![0; 5000]);
+    let first = [
+        pending(1, "a", "t", 0),
+        big,
+        pending(3, "b", "t", 0),
+        pending(4, "c", "t", 0),
+    ];
+    let second = [pending(5, "a", "t", 0), pending(6, "d", "t", 0)];
+    let one = publisher.send_batch(&first, &mut in_flight).await;
+    let two = publisher.send_batch(&second, &mut in_flight).await;
+    // The second batch's reports may well come first.
+    let two = two.outcomes().await;
+    let one = one.outcomes().await;
+    assert_eq!(one[0], Outcome::Published);
+    assert!(
+        matches!(
+            &one[1],
+            Outcome::Failed {
+                permanent: true,
+                ..
+            }
+        ),
+        "{:?}",
+        one[1]
+    );
+    assert_eq!(
+        one[2],
+        Outcome::Held,
+        "b's later message waits for the failed one"
+    );
+    assert_eq!(one[3], Outcome::Published);
+    assert_eq!(two, vec![Outcome::Published, Outcome::Published]);
+
+    // A rejection the broker sends back reaches the message it was for.
+    mock.apply(MockOp::ProduceErrors(vec![
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD,
+    ]))
+    .unwrap();
+    let third = [pending(7, "e", "u", 0)];
+    let three = publisher.send_batch(&third, &mut in_flight).await;
+    let three = three.outcomes().await;
+    assert!(
+        matches!(&three[0], Outcome::Failed { error, permanent: true } if error.contains("InvalidRecord")),
+        "{:?}",
+        three[0]
+    );
+}
