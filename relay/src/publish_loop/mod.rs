@@ -193,6 +193,16 @@ pub async fn run(
         let lowest_unsent = pipe.send(publisher, batch, started).await;
         if full {
             fetcher.advance(last_seq, lowest_unsent, pipe.cursor_limit());
+        } else {
+            // Caught up. Look again when the oldest batch is answered (a
+            // few milliseconds), so that the commits arriving meanwhile go
+            // out together. Fetching again at once sent a stream of tiny
+            // batches under steady load, each with its own fetch and mark:
+            // at 1,000 msg/s, 2.4 messages a batch, up to 4 in flight, and
+            // the relay's statements competing with the writers for CPU.
+            leases
+                .keep_while(pipe.wait_for_oldest_answer(&mut shutdown))
+                .await;
         }
     }
     pipe.drain(leases, &store, &settings, &shutdown).await;
