@@ -9,7 +9,7 @@
 //! report is in.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -33,9 +33,9 @@ pub(crate) enum Report {
     Failed(KafkaError),
 }
 
-/// The producer's context: broker events for the logs, and the batches
-/// whose reports are awaited.
-#[derive(Clone, Default)]
+/// The producer's context (`producer.context()`): broker events for the
+/// logs, and the batches whose reports are awaited.
+#[derive(Default)]
 pub(crate) struct ProducerEvents {
     pub(crate) events: BrokerEvents,
     pub(crate) reports: DeliveryReports,
@@ -64,11 +64,13 @@ impl ProducerContext for ProducerEvents {
     }
 }
 
-/// The batches whose reports are still awaited. Clones share them.
-#[derive(Clone, Default)]
+/// The batches whose reports are still awaited.
+#[derive(Default)]
 pub(crate) struct DeliveryReports {
     /// A handful at most (the relay's `--in-flight`), so a scan is cheap.
-    open: Arc<Mutex<Vec<Arc<Batch>>>>,
+    /// Weak: a batch nobody waits for any more (its `Sending` dropped, e.g.
+    /// on shutdown) is gone, and its late reports are dropped.
+    open: Mutex<Vec<Weak<Batch>>>,
 }
 
 /// One batch's reports: the records' tickets are `first..first + len`
@@ -94,22 +96,19 @@ impl DeliveryReports {
             left: AtomicUsize::new(1),
             done: Notify::new(),
         });
-        lock(&self.open).push(batch.clone());
+        let mut open = lock(&self.open);
+        open.retain(|b| b.strong_count() > 0);
+        open.push(Arc::downgrade(&batch));
         batch
-    }
-
-    /// Stops waiting for `batch`: later reports for it are dropped.
-    pub(crate) fn close(&self, batch: &Arc<Batch>) {
-        lock(&self.open).retain(|b| !Arc::ptr_eq(b, batch));
     }
 
     fn record(&self, ticket: usize, report: Report) {
         let batch = lock(&self.open)
             .iter()
-            .find(|b| ticket.wrapping_sub(b.first) < b.len)
-            .cloned();
-        // A batch already closed (the relay stopped waiting for it, e.g.
-        // on shutdown): its messages stay pending and are published again.
+            .filter_map(Weak::upgrade)
+            .find(|b| ticket.wrapping_sub(b.first) < b.len);
+        // A batch nobody waits for any more: its messages stay pending and
+        // are published again.
         let Some(batch) = batch else { return };
         lock(&batch.slots)[ticket.wrapping_sub(batch.first)] = Some(report);
         batch.reported();
@@ -199,14 +198,22 @@ mod tests {
     }
 
     #[test]
-    fn reports_for_a_closed_batch_are_dropped() {
+    fn reports_for_a_batch_given_up_on_are_dropped() {
         let reports = DeliveryReports::default();
-        let batch = reports.open(0, 1);
-        batch.sending();
-        batch.sent();
-        reports.close(&batch);
+        let given_up = reports.open(0, 1);
+        given_up.sending();
+        given_up.sent();
+        drop(given_up);
+        let next = reports.open(1, 1);
+        next.sending();
+        next.sent();
         reports.record(0, Report::Delivered { offset: 1 });
-        assert_eq!(batch.left.load(Ordering::Acquire), 1);
-        assert!(lock(&batch.slots)[0].is_none());
+        assert_eq!(next.left.load(Ordering::Acquire), 1);
+        assert!(lock(&next.slots)[0].is_none());
+        assert_eq!(
+            lock(&reports.open).len(),
+            1,
+            "the dropped batch is forgotten"
+        );
     }
 }

@@ -16,7 +16,7 @@ use rdkafka::util::Timeout;
 
 use crate::broker_events::BrokerEvents;
 use crate::config::{RelayConfig, DEFAULT_MESSAGE_TIMEOUT};
-use crate::delivery::{Batch, DeliveryReports, ProducerEvents, RelayProducer, Report};
+use crate::delivery::{Batch, ProducerEvents, RelayProducer, Report};
 use crate::error::{Error, Result};
 
 /// How long the outage watch waits for each metadata answer.
@@ -81,8 +81,6 @@ pub enum Outcome {
 /// neither duplicate nor reorder within a partition.
 pub struct Publisher {
     producer: RelayProducer,
-    events: BrokerEvents,
-    reports: DeliveryReports,
     /// The next batch's first ticket: every record of a batch gets one,
     /// sent or not, so batches never share a ticket.
     next_ticket: AtomicUsize,
@@ -119,14 +117,11 @@ impl Publisher {
         for (k, v) in &config.kafka {
             client.set(k, v);
         }
-        let context = ProducerEvents::default();
         let producer: RelayProducer = client
-            .create_with_context(context.clone())
+            .create_with_context(ProducerEvents::default())
             .map_err(|e| Error::Producer(producer_error(&e)))?;
         Ok(Publisher {
             producer,
-            events: context.events,
-            reports: context.reports,
             next_ticket: AtomicUsize::new(0),
             needs_offset: config.broker_reports_offsets(),
         })
@@ -144,7 +139,7 @@ impl Publisher {
         tokio::pin!(metadata);
         let answered = tokio::select! {
             done = &mut metadata => done.is_ok(),
-            _ = self.events.next_error() => {
+            _ = self.events().next_error() => {
                 // The error that woke us may be the handshake's first;
                 // give a refusal a moment to be told apart from a
                 // transport error.
@@ -152,7 +147,7 @@ impl Publisher {
                 false
             }
         };
-        if let Some(reason) = self.events.refused() {
+        if let Some(reason) = self.events().refused() {
             return Err(Error::BrokerRefused(reason));
         }
         if answered {
@@ -169,7 +164,7 @@ impl Publisher {
         shutdown: crate::shutdown::Shutdown,
     ) -> tokio::task::JoinHandle<()> {
         let producer = self.producer.clone();
-        let events = self.events.clone();
+        let events = self.events().clone();
         tokio::spawn(async move {
             let mut shutdown = shutdown;
             loop {
@@ -200,10 +195,9 @@ impl Publisher {
     /// [`KeyTopics::release`] once the batch's reports are in.
     pub async fn send_batch(&self, batch: &[PendingMessage], in_flight: &mut KeyTopics) -> Sending {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-        let mut sent = Vec::with_capacity(batch.len());
         let mut failed_keys: HashSet<&[u8]> = HashSet::new();
         let first = self.next_ticket.fetch_add(batch.len(), Ordering::Relaxed);
-        let reports = self.reports.open(first, batch.len());
+        let reports = self.producer.context().reports.open(first, batch.len());
 
         for (i, m) in batch.iter().enumerate() {
             if let Some(key) = m.key.as_deref() {
@@ -220,7 +214,6 @@ impl Publisher {
                     if let Some(key) = m.key.as_deref() {
                         in_flight.add(key, &m.topic);
                     }
-                    sent.push(i);
                 }
                 Err(e) => {
                     reports.not_sent();
@@ -234,9 +227,7 @@ impl Publisher {
         reports.sent();
         Sending {
             outcomes,
-            sent,
-            reports: Some(reports),
-            open: self.reports.clone(),
+            reports,
             needs_offset: self.needs_offset,
         }
     }
@@ -308,6 +299,11 @@ impl Publisher {
             .map(|(code, reason)| format!("{code:?}: {reason}"))
     }
 
+    /// What librdkafka said about the broker.
+    fn events(&self) -> &BrokerEvents {
+        &self.producer.context().events
+    }
+
     /// A clone of the underlying producer, for health checks.
     pub(crate) fn producer(&self) -> RelayProducer {
         self.producer.clone()
@@ -317,11 +313,10 @@ impl Publisher {
 /// A batch handed to librdkafka: the outcomes known at once (held, refused
 /// locally) and the delivery reports still to come.
 pub struct Sending {
+    /// `None` for the messages handed to librdkafka, whose outcome is its
+    /// delivery report.
     outcomes: Vec<Option<Outcome>>,
-    sent: Vec<usize>,
-    /// `None` once the reports were taken.
-    reports: Option<Arc<Batch>>,
-    open: DeliveryReports,
+    reports: Arc<Batch>,
     needs_offset: bool,
 }
 
@@ -329,7 +324,12 @@ impl Sending {
     /// The messages (indexes into the batch, ascending) that reached the
     /// producer.
     pub fn sent(&self) -> Vec<usize> {
-        self.sent.clone()
+        self.outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.is_none())
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// The messages held or refused before they reached the producer
@@ -345,12 +345,10 @@ impl Sending {
 
     /// Waits for every delivery report; one outcome per message, in batch
     /// order.
-    pub async fn outcomes(mut self) -> Vec<Outcome> {
-        let batch = self.reports.take().expect("reports are taken once");
-        let reports = batch.reports().await;
-        self.open.close(&batch);
+    pub async fn outcomes(self) -> Vec<Outcome> {
+        let reports = self.reports.reports().await;
         let needs_offset = self.needs_offset;
-        std::mem::take(&mut self.outcomes)
+        self.outcomes
             .into_iter()
             .zip(reports)
             .map(|(known, report)| match (known, report) {
@@ -365,16 +363,6 @@ impl Sending {
                 },
             })
             .collect()
-    }
-}
-
-impl Drop for Sending {
-    /// A batch given up on (the relay is stopping) stops collecting
-    /// reports, so the list of open batches does not grow.
-    fn drop(&mut self) {
-        if let Some(batch) = self.reports.take() {
-            self.open.close(&batch);
-        }
     }
 }
 
