@@ -94,6 +94,9 @@ pub enum Scenario {
     Ceiling,
     /// (2) Relay throughput draining the backlog.
     Drain,
+    /// (2, isolated) The drain's two parties: the relay's statements with
+    /// no broker, and the raw producer beside them.
+    Limits,
     /// (3) Write overhead.
     Overhead,
     /// (4) Commit-to-consumed latency.

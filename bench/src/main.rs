@@ -4,6 +4,8 @@
 //!
 //! 1. ceiling: a raw idempotent `acks=all` rdkafka producer, batching tuned;
 //! 2. relay throughput draining a pre-loaded backlog, as a share of (1);
+//!    and, isolated, its two parties: the relay's statements with no
+//!    broker, and the raw producer and those statements side by side;
 //! 3. write overhead: order transaction alone vs with one outbox message;
 //! 4. commit-to-consumed latency at steady rates, notify vs poll wake-up,
 //!    beside the broker's own produce-to-consume latency at that rate;
@@ -199,6 +201,10 @@ async fn run(args: Args) -> Result<Report> {
     if let Some(d) = big_drain.as_ref().map(|d| &d.result) {
         rows::drain(&mut run.rows, n, d, ceiling);
     }
+    // The drain's limits run after the table-health measurement, which
+    // continues on the drain's database, but their rows go beside it.
+    let limits_at = run.rows.len();
+    let drained = big_drain.as_ref().map(|d| d.result.clone());
 
     // 5: memory, small vs large backlog.
     if want(Scenario::Memory) {
@@ -236,6 +242,13 @@ async fn run(args: Args) -> Result<Report> {
     }
     if let Some(d) = big_drain.take() {
         ctx.server.drop_db(d.db).await;
+    }
+    if want(Scenario::Limits) {
+        if let Some(l) = run.step("limits", scenarios::limits(&ctx, n)).await {
+            let mut limit_rows = Vec::new();
+            rows::limits(&mut limit_rows, &l, ceiling, drained.as_ref());
+            run.rows.splice(limits_at..limits_at, limit_rows);
+        }
     }
 
     // 3: write overhead.

@@ -4,7 +4,8 @@
 use crate::db;
 use crate::report::{mib, thousands, Row};
 use crate::scenarios::{
-    CeilingResult, DrainResult, HealthResult, LatencyResult, OverheadResult, ProbeResult,
+    CeilingResult, DrainResult, HealthResult, LatencyResult, LimitsResult, OverheadResult,
+    ProbeResult,
 };
 
 /// Targets from the issue.
@@ -69,6 +70,55 @@ pub fn drain(rows: &mut Vec<Row>, n: u64, d: &DrainResult, ceiling: Option<f64>)
             1e3 * d.batch_seconds_sum / d.batches.max(1.0)
         )),
     );
+}
+
+/// (2, isolated): the drain's two parties, alone and side by side, against
+/// the ceiling; the last row puts the drain beside the slower of them.
+pub fn limits(
+    rows: &mut Vec<Row>,
+    l: &LimitsResult,
+    ceiling: Option<f64>,
+    drain: Option<&DrainResult>,
+) {
+    let against_ceiling = |row: Row, rate: f64| match ceiling {
+        Some(c) => row
+            .limit(format!("ceiling {} msg/s", thousands(c)))
+            .ratio(rate / c),
+        None => row,
+    };
+    rows.push(against_ceiling(
+        Row::new(
+            "2",
+            "… the relay's statements alone (fetch + delete, no broker)",
+            format!("{} msg/s", thousands(l.statements_alone)),
+        ),
+        l.statements_alone,
+    ));
+    rows.push(against_ceiling(
+        Row::new(
+            "2",
+            "… the raw producer while the relay's statements run",
+            format!("{} msg/s", thousands(l.producer_beside_statements)),
+        ),
+        l.producer_beside_statements,
+    ));
+    let slower = l
+        .statements_beside_producer
+        .min(l.producer_beside_statements);
+    let mut row = Row::new(
+        "2",
+        "… the relay's statements while the raw producer runs",
+        format!("{} msg/s", thousands(l.statements_beside_producer)),
+    );
+    if let Some(d) = drain {
+        row = row
+            .limit(format!(
+                "drain {} msg/s over the slower side by side",
+                thousands(d.rate)
+            ))
+            .ratio(d.rate / slower);
+    }
+    rows.push(row);
 }
 
 /// (5): the relay's peak RSS draining the big backlog (`b`, of `n`) over

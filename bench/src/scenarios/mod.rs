@@ -6,6 +6,7 @@ mod ceiling;
 mod drain;
 mod health;
 mod latency;
+mod limits;
 mod overhead;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub use ceiling::{ceiling, CeilingResult};
 pub use drain::{drain, DrainResult};
 pub use health::{health, HealthResult};
 pub use latency::{broker_latency, latency, LatencyLoad, LatencyResult, ProbeResult};
+pub use limits::{limits, LimitsResult};
 pub use overhead::{overhead, OverheadResult};
 
 /// What every scenario shares.
