@@ -16,7 +16,8 @@ pub const SHARDS_HELD: &str = "outbox_relay_shards_held";
 pub const PENDING: &str = "outbox_pending_messages";
 /// Gauge: dead-lettered messages.
 pub const DEAD_MESSAGES: &str = "outbox_dead_messages";
-/// Gauge: age of the oldest pending message in seconds: the relay's lag.
+/// Gauge: age in seconds of the first pending message in publishing
+/// order: the relay's lag.
 pub const OLDEST_PENDING: &str = "outbox_oldest_pending_seconds";
 /// Counter: published messages deleted by retention cleanup.
 pub const CLEANED: &str = "outbox_sweeper_deleted_total";

@@ -295,3 +295,62 @@ async fn a_renewal_gives_shards_back_only_when_allowed() -> Result<()> {
     assert!(other_half.held.iter().all(|s| !half.held.contains(s)));
     Ok(())
 }
+
+/// The backlog's figures count each state exactly, and the lag is the age
+/// of the first pending message in publishing order.
+#[tokio::test]
+async fn the_backlog_counts_each_state_and_the_lag() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let pool = db.pool();
+    let store = RelayStore::new(pool.clone());
+    let empty = store.backlog().await?;
+    assert_eq!((empty.pending, empty.dead), (0, 0));
+    assert_eq!(
+        empty.oldest_pending_secs, 0.0,
+        "no lag with nothing pending"
+    );
+
+    // In seq order: pending for an hour, dead, published, then pending
+    // for a minute twice.
+    for (age_secs, status) in [
+        (3600, "pending"),
+        (7200, "dead"),
+        (10800, "published"),
+        (60, "pending"),
+        (60, "pending"),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox.message (id, topic, payload, status, created_at, available_at) \
+             VALUES ($1, 't', 'x', $2, now() - make_interval(secs => $3), \
+                     now() - make_interval(secs => $3))",
+        )
+        .bind(Uuid::now_v7())
+        .bind(status)
+        .bind(f64::from(age_secs))
+        .execute(pool)
+        .await?;
+    }
+    let b = store.backlog().await?;
+    assert_eq!((b.pending, b.dead), (3, 1));
+    assert!(
+        (3600.0..3660.0).contains(&b.oldest_pending_secs),
+        "the lag is the first pending message's age, an hour: {}",
+        b.oldest_pending_secs
+    );
+
+    // Once the first is published, the lag is the next one's.
+    sqlx::query(
+        "UPDATE outbox.message SET status = 'published', published_at = now() \
+         WHERE seq = (SELECT min(seq) FROM outbox.message)",
+    )
+    .execute(pool)
+    .await?;
+    let b = store.backlog().await?;
+    assert_eq!(b.pending, 2);
+    assert!(
+        (60.0..120.0).contains(&b.oldest_pending_secs),
+        "the lag after the first was published: {}",
+        b.oldest_pending_secs
+    );
+    Ok(())
+}

@@ -14,7 +14,8 @@ pub struct Backlog {
     pub pending: i64,
     /// Messages given up on, waiting for a replay.
     pub dead: i64,
-    /// Age of the oldest pending message, in seconds (0 when none).
+    /// Age of the first pending message in publishing order, in seconds (0
+    /// when none).
     pub oldest_pending_secs: f64,
     /// Published messages waiting for their end-to-end confirmation.
     pub awaiting: i64,
@@ -82,9 +83,11 @@ impl RelayStore {
         }
     }
 
-    /// Counts messages by state and the age of the oldest pending one.
-    /// Uses the partial indexes, so it stays cheap however many published
-    /// rows the table keeps.
+    /// Counts messages by state, and the age of the first pending message
+    /// in publishing order (the relay's lag). Uses the partial indexes, so
+    /// it stays cheap however many published rows the table keeps, and
+    /// counts pending messages from their index alone where it can (the
+    /// sweeper and every metrics scrape ask, whatever the backlog).
     pub async fn backlog(&self) -> sqlx::Result<Backlog> {
         let (pending, oldest): (i64, Option<f64>) = sqlx::query_as(statement!("count_pending"))
             .fetch_one(&self.pool)
