@@ -105,10 +105,18 @@ pub fn limits(
     let slower = l
         .statements_beside_producer
         .min(l.producer_beside_statements);
+    let ran_out = if l.overlap < 1.0 {
+        format!(
+            " (ran out after {:.0}% of the producer's run)",
+            100.0 * l.overlap
+        )
+    } else {
+        String::new()
+    };
     let mut row = Row::new(
         "2",
         "… the relay's statements while the raw producer runs",
-        format!("{} msg/s", thousands(l.statements_beside_producer)),
+        format!("{} msg/s{ran_out}", thousands(l.statements_beside_producer)),
     );
     if let Some(d) = drain {
         row = row
