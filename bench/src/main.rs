@@ -204,7 +204,6 @@ async fn run(args: Args) -> Result<Report> {
     // The drain's limits run after the table-health measurement, which
     // continues on the drain's database, but their rows go beside it.
     let limits_at = run.rows.len();
-    let drained = big_drain.as_ref().map(|d| d.result.clone());
 
     // 5: memory, small vs large backlog.
     if want(Scenario::Memory) {
@@ -240,9 +239,13 @@ async fn run(args: Args) -> Result<Report> {
             rows::health(&mut run.rows, n, &h);
         }
     }
-    if let Some(d) = big_drain.take() {
-        ctx.server.drop_db(d.db).await;
-    }
+    let drained = match big_drain.take() {
+        Some(d) => {
+            ctx.server.drop_db(d.db).await;
+            Some(d.result)
+        }
+        None => None,
+    };
     if want(Scenario::Limits) {
         if let Some(l) = run.step("limits", scenarios::limits(&ctx, n)).await {
             let mut limit_rows = Vec::new();

@@ -32,6 +32,17 @@ const DELETE: &str = include_str!("../../../relay/src/store/queries/delete_publi
 const BATCH: i64 = 1000;
 const MARKING: usize = 4;
 
+/// The relay's session settings, as `relay/src/connect.rs` sets them (a
+/// test below keeps the two the same): they decide the plans the relay's
+/// statements run with.
+const RELAY_SESSION: [(&str, &str); 5] = [
+    ("enable_bitmapscan", "off"),
+    ("enable_sort", "off"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
+    ("max_parallel_workers_per_gather", "0"),
+];
+
 /// Fewest messages loaded for the loop beside the producer: a small run's
 /// producer spends most of its window connecting and warming up.
 const BESIDE_AT_LEAST: u64 = 250_000;
@@ -89,13 +100,7 @@ pub async fn limits(ctx: &Ctx, n: u64) -> Result<LimitsResult> {
 /// (`relay/src/connect.rs`): its plans, not the server's defaults, are
 /// what the drain runs.
 async fn relay_pool(url: &str) -> Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)?.options([
-        ("enable_bitmapscan", "off"),
-        ("enable_sort", "off"),
-        ("enable_seqscan", "off"),
-        ("jit", "off"),
-        ("max_parallel_workers_per_gather", "0"),
-    ]);
+    let options = PgConnectOptions::from_str(url)?.options(RELAY_SESSION);
     Ok(PgPoolOptions::new()
         .max_connections((MARKING + 2) as u32)
         .connect_with(options)
@@ -106,10 +111,9 @@ async fn limits_in(ctx: &Ctx, pool: &PgPool, n: u64) -> Result<LimitsResult> {
     db::load(pool, "limits", 0, n).await?;
     db::settle(pool).await?;
 
-    let counted = Arc::new(AtomicU64::new(0));
     let alone = {
         let started = Instant::now();
-        statements(pool.clone(), Some(n), None, counted.clone()).await?;
+        statements(pool.clone(), Some(n), None, Arc::default()).await?;
         n as f64 / started.elapsed().as_secs_f64()
     };
     let left: i64 =
@@ -212,9 +216,9 @@ async fn statements(
         done += rows.len() as u64;
         counted.fetch_add(rows.len() as u64, Ordering::Relaxed);
         let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
-        while marks.len() >= MARKING {
-            if let Some(m) = marks.pop_front() {
-                m.await??;
+        if marks.len() == MARKING {
+            if let Some(oldest) = marks.pop_front() {
+                oldest.await??;
             }
         }
         let pool = pool.clone();
@@ -241,4 +245,27 @@ async fn statements(
         m.await??;
     }
     Ok(ran)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The loop measures the relay's plans only while its session settings
+    /// are the relay's: the list in `relay/src/connect.rs`, read as text.
+    #[test]
+    fn the_session_settings_are_the_relays() {
+        let connect = include_str!("../../../relay/src/connect.rs");
+        let start = connect
+            .find(".options([")
+            .expect("relay/src/connect.rs sets its session options with .options([...])")
+            + ".options([".len();
+        let end = start + connect[start..].find("])").expect("the options list ends");
+        let relays: Vec<(&str, &str)> = connect[start..end]
+            .split("),")
+            .filter_map(|pair| {
+                let (k, v) = pair.trim().trim_start_matches('(').split_once(',')?;
+                Some((k.trim().trim_matches('"'), v.trim().trim_matches('"')))
+            })
+            .collect();
+        assert_eq!(super::RELAY_SESSION.to_vec(), relays);
+    }
 }
