@@ -27,6 +27,8 @@ use crate::kafka;
 /// The relay's statements, as it sends them (its `queries/` files).
 const FETCH: &str = include_str!("../../../relay/src/store/queries/fetch_pending.sql");
 const DELETE: &str = include_str!("../../../relay/src/store/queries/delete_published.sql");
+const DELETE_RUNS: &str =
+    include_str!("../../../relay/src/store/queries/delete_published_runs.sql");
 
 /// The relay's defaults: messages per fetch, and marks at once.
 const BATCH: i64 = 1000;
@@ -226,11 +228,16 @@ async fn statements(
             let mut tx = pool
                 .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
                 .await?;
-            let deleted = sqlx::query(DELETE)
-                .bind(&seqs)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            // As the relay's `SeqRuns`: a batch of consecutive seqs (this
+            // loop's usual batch, one backlog in every shard) is deleted
+            // by range, a scattered one by seq.
+            let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
+            let delete = if last - first + 1 == seqs.len() as i64 {
+                sqlx::query(DELETE_RUNS).bind(vec![first]).bind(vec![last])
+            } else {
+                sqlx::query(DELETE).bind(&seqs)
+            };
+            let deleted = delete.execute(&mut *tx).await?.rows_affected();
             tx.commit().await?;
             ensure!(
                 deleted as usize == seqs.len(),

@@ -354,3 +354,61 @@ async fn the_backlog_counts_each_state_and_the_lag() -> Result<()> {
     );
     Ok(())
 }
+
+/// Marking by runs of seqs deletes exactly the acknowledged messages: a
+/// pending message between two runs, or just past one, stays; one inside
+/// a run that waits for a confirmation is marked awaiting, not deleted.
+/// Both statements (by range, and by seq for scattered batches) are used.
+#[tokio::test]
+async fn marking_by_runs_deletes_exactly_the_acknowledged_messages() -> Result<()> {
+    let db = ScratchDb::new().await?;
+    let pool = db.pool();
+    let outbox = Outbox::new();
+    let store = RelayStore::new(pool.clone());
+    let mut tx = pool.begin().await?;
+    for i in 0..12 {
+        let mut m = Message::new("t", format!("m{i}"));
+        if i == 2 {
+            m = m.confirm_within(Duration::from_secs(60));
+        }
+        outbox.enqueue(&mut *tx, m).await?;
+    }
+    tx.commit().await?;
+    let seqs: Vec<i64> = sqlx::query_scalar("SELECT seq FROM outbox.message ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    let left = || async {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT seq, status FROM outbox.message ORDER BY seq")
+                .fetch_all(pool)
+                .await?;
+        anyhow::Ok(rows)
+    };
+
+    // Two runs, 0..=5 and 7..=9: deleted by range.
+    let acknowledged: Vec<i64> = [0, 1, 2, 3, 4, 5, 7, 8, 9].map(|i| seqs[i]).to_vec();
+    assert!(super::SeqRuns::new(&acknowledged).worth_it());
+    store.settle_batch(&acknowledged, &[], false).await?;
+    assert_eq!(
+        left().await?,
+        vec![
+            (seqs[2], "awaiting".to_owned()),
+            (seqs[6], "pending".to_owned()),
+            (seqs[10], "pending".to_owned()),
+            (seqs[11], "pending".to_owned()),
+        ]
+    );
+
+    // Scattered seqs: deleted one by one.
+    let scattered = [seqs[6], seqs[11]];
+    assert!(!super::SeqRuns::new(&scattered).worth_it());
+    store.settle_batch(&scattered, &[], false).await?;
+    assert_eq!(
+        left().await?,
+        vec![
+            (seqs[2], "awaiting".to_owned()),
+            (seqs[10], "pending".to_owned()),
+        ]
+    );
+    Ok(())
+}

@@ -211,18 +211,73 @@ async fn mark_published(
     }
     // Delete what needs no confirmation, then (rarely needed, so only
     // when the delete left some) mark the rest awaiting.
-    let deleted = sqlx::query(statement!("delete_published"))
-        .bind(seqs)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if (deleted as usize) < seqs.len() {
+    let runs = SeqRuns::new(seqs);
+    let delete = if runs.worth_it() {
+        sqlx::query(statement!("delete_published_runs"))
+            .bind(&runs.first)
+            .bind(&runs.last)
+    } else {
+        sqlx::query(statement!("delete_published")).bind(seqs)
+    };
+    let deleted = delete.execute(&mut **tx).await?.rows_affected();
+    if (deleted as usize) < runs.messages {
         sqlx::query(statement!("mark_awaiting"))
             .bind(seqs)
             .execute(&mut **tx)
             .await?;
     }
     Ok(())
+}
+
+/// A set of seqs as runs of consecutive numbers: `first[i] ..= last[i]`
+/// holds every seq of run `i` and nothing else.
+///
+/// A draining relay that holds every shard fetches consecutive seqs, so a
+/// batch of 1,000 is usually one run: deleting it by range walks the
+/// index once instead of 1,000 times (about 40% less database time per
+/// delete, docs/benchmarks.md). Relays sharing the shards fetch
+/// interleaved seqs, runs of one or two, where the range scan's start-up
+/// per run costs more than a lookup per seq: [`SeqRuns::worth_it`] picks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SeqRuns {
+    pub first: Vec<i64>,
+    pub last: Vec<i64>,
+    /// Distinct seqs in all runs.
+    pub messages: usize,
+}
+
+impl SeqRuns {
+    /// The runs of `seqs`, in any order, duplicates counted once.
+    pub fn new(seqs: &[i64]) -> Self {
+        let mut sorted = seqs.to_vec();
+        // Batches come in seq order: this is a check, not a sort.
+        if !sorted.is_sorted() {
+            sorted.sort_unstable();
+        }
+        sorted.dedup();
+        let mut runs = SeqRuns {
+            messages: sorted.len(),
+            ..SeqRuns::default()
+        };
+        for seq in sorted {
+            match runs.last.last_mut() {
+                Some(last) if *last + 1 == seq => *last = seq,
+                _ => {
+                    runs.first.push(seq);
+                    runs.last.push(seq);
+                }
+            }
+        }
+        runs
+    }
+
+    /// Whether deleting by range is the cheaper statement: runs of three
+    /// messages on average or longer. Measured on a 1,000,000-message
+    /// outbox, 1,000 seqs a delete: one run took 3.7 ms against 6.2 ms by
+    /// seq; 1,000 runs of one took 10 ms against 7.5 ms.
+    pub fn worth_it(&self) -> bool {
+        self.first.len() * 3 <= self.messages
+    }
 }
 
 /// Records failed attempts in one statement: bumps `attempts`, keeps the

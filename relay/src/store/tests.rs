@@ -76,3 +76,26 @@ fn statuses_in_statements_are_the_schema_statuses() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn seq_runs_hold_every_seq_and_nothing_else() {
+    use super::SeqRuns;
+    let runs = SeqRuns::new(&[5, 3, 4, 9, 9, 10, 12]);
+    assert_eq!(runs.first, vec![3, 9, 12]);
+    assert_eq!(runs.last, vec![5, 10, 12]);
+    assert_eq!(runs.messages, 6, "duplicates count once");
+    let expanded: Vec<i64> = runs
+        .first
+        .iter()
+        .zip(&runs.last)
+        .flat_map(|(&a, &b)| a..=b)
+        .collect();
+    assert_eq!(expanded, vec![3, 4, 5, 9, 10, 12]);
+    assert_eq!(SeqRuns::new(&[]), SeqRuns::default());
+
+    // Three messages a run on average or more: by range.
+    assert!(SeqRuns::new(&(1..=1000).collect::<Vec<_>>()).worth_it());
+    assert!(SeqRuns::new(&[1, 2, 3, 7, 8, 9]).worth_it());
+    assert!(!SeqRuns::new(&[1, 2, 3, 7, 8]).worth_it());
+    assert!(!SeqRuns::new(&[1, 3, 5, 7]).worth_it());
+}
