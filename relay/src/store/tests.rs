@@ -83,7 +83,7 @@ fn seq_runs_hold_every_seq_and_nothing_else() {
     let runs = SeqRuns::new(&[5, 3, 4, 9, 9, 10, 12]);
     assert_eq!(runs.first, vec![3, 9, 12]);
     assert_eq!(runs.last, vec![5, 10, 12]);
-    assert_eq!(runs.messages, 6, "duplicates count once");
+    assert_eq!(runs.messages(), 6, "duplicates count once");
     let expanded: Vec<i64> = runs
         .first
         .iter()
